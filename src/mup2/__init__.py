@@ -1,0 +1,35 @@
+"""mup2: sharpness-aware training whose hyperparameters transfer across width (μP²)."""
+
+from mup2.initializers import InitRule
+from mup2.lr import attach_lr_multipliers, multiplied_lrs
+from mup2.parametrize import Override, Parametrization, TensorSpec
+from mup2.passes import frozen_bn_stats, no_sync
+from mup2.sam import SAM
+from mup2.schemes import MUP_ADAM, MUP_SGD, RULES, SCALINGS, SCHEMES, SP, Scheme, get_scheme
+from mup2.shapes import Role, ShapeError, TensorShape, infer_shapes
+
+__all__ = [
+    "MUP_ADAM",
+    "MUP_SGD",
+    "RULES",
+    "SAM",
+    "SCALINGS",
+    "SCHEMES",
+    "SP",
+    "InitRule",
+    "Override",
+    "Parametrization",
+    "Role",
+    "Scheme",
+    "ShapeError",
+    "TensorShape",
+    "TensorSpec",
+    "attach_lr_multipliers",
+    "frozen_bn_stats",
+    "get_scheme",
+    "infer_shapes",
+    "multiplied_lrs",
+    "no_sync",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,100 @@
+"""PyTorch's default initialization of each known module type, as data computed from a shape.
+
+mup2 re-initializes from these rules (drawn afresh, so applying twice is applying once): μP
+scales the std the rule gives at the *base* shape; SP uses the rule at the current shape, which is
+what the module's own ``reset_parameters`` draws.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from mup2.shapes import NORM_TYPES
+
+__all__ = ["InitRule", "default_init", "draw_"]
+
+InitKind = Literal["uniform", "normal", "constant", "keep"]
+
+
+@dataclass(frozen=True)
+class InitRule:
+    """How to draw one tensor: ``uniform``/``normal`` with standard deviation ``value``,
+    ``constant`` equal to ``value``, or ``keep`` (left as the model made it)."""
+
+    kind: InitKind
+    value: float = 0.0
+
+    def scaled(self, mult: float) -> InitRule:
+        """The same distribution with its std multiplied by ``mult`` (constants are unchanged)."""
+        if self.kind in ("uniform", "normal"):
+            return InitRule(self.kind, self.value * mult)
+        return self
+
+    def describe(self) -> str:
+        if self.kind == "keep":
+            return "keep"
+        if self.kind == "constant":
+            return f"={self.value:g}"
+        return f"{'U' if self.kind == 'uniform' else 'N'}(std {self.value:.3g})"
+
+
+def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    return nn.init._calculate_fan_in_and_fan_out(torch.empty(shape, device="meta"))
+
+
+def default_init(
+    module: nn.Module, local: str, shape: tuple[int, ...], weight_shape: tuple[int, ...] | None
+) -> InitRule:
+    """The rule PyTorch's default init of ``module`` uses for its parameter ``local``.
+
+    ``shape`` is the tensor's shape and ``weight_shape`` the shape of the module's ``weight``
+    (biases of Linear/Conv layers are drawn with the weight's fan-in). Unknown parameters: ``keep``.
+    """
+    kaiming = (nn.Linear, nn.modules.conv._ConvNd)
+    if isinstance(module, NORM_TYPES):
+        return InitRule("constant", 1.0 if local == "weight" else 0.0)
+    if isinstance(module, nn.Embedding | nn.EmbeddingBag) and local == "weight":
+        return InitRule("normal", 1.0)
+    if isinstance(module, kaiming) and local == "weight":
+        # kaiming_uniform_(a=sqrt(5)): bound 1/sqrt(fan_in), std 1/sqrt(3 fan_in)
+        return InitRule("uniform", 1.0 / math.sqrt(3.0 * _fans(shape)[0]))
+    if isinstance(module, (*kaiming, nn.Bilinear)) and local == "bias" and weight_shape:
+        fan_in = weight_shape[1] if isinstance(module, nn.Bilinear) else _fans(weight_shape)[0]
+        return (
+            InitRule("uniform", 1.0 / math.sqrt(3.0 * fan_in)) if fan_in > 0 else InitRule("keep")
+        )
+    if isinstance(module, nn.Bilinear) and local == "weight":
+        return InitRule("uniform", 1.0 / math.sqrt(3.0 * shape[1]))
+    if isinstance(module, nn.MultiheadAttention):
+        if local.endswith("proj_weight"):  # xavier_uniform_
+            fan_in, fan_out = _fans(shape)
+            return InitRule("uniform", math.sqrt(2.0 / (fan_in + fan_out)))
+        if local in ("bias_k", "bias_v"):  # xavier_normal_
+            fan_in, fan_out = _fans(shape)
+            return InitRule("normal", math.sqrt(2.0 / (fan_in + fan_out)))
+        if local == "in_proj_bias":
+            return InitRule("constant", 0.0)
+    return InitRule("keep")
+
+
+def draw_(p: torch.Tensor, rule: InitRule, generator: torch.Generator | None) -> None:
+    """Fill ``p`` in place (its storage is kept). Draws on the CPU, so a seed gives the same values
+    on every device."""
+    if rule.kind == "keep":
+        return
+    with torch.no_grad():
+        if rule.kind == "constant":
+            p.fill_(rule.value)
+            return
+        tmp = torch.empty(p.shape, dtype=torch.float32)
+        if rule.kind == "uniform":
+            bound = math.sqrt(3.0) * rule.value
+            tmp.uniform_(-bound, bound, generator=generator)
+        else:
+            tmp.normal_(0.0, rule.value, generator=generator)
+        p.copy_(tmp)
