@@ -141,13 +141,16 @@ class Parametrization:
         shapes = infer_shapes(model, base)
         owners = {normalize_name(n): o[0] for n, _, o in named_parameters_with_owners(model)}
         shipped = dict(getattr(model, "mup2_overrides", None) or {})
-        merged = {**shipped, **dict(overrides or {})}
-        ovr = {pat: Override.coerce(v) for pat, v in merged.items()}
-        hits = match_patterns(list(ovr), {n: t.aliases for n, t in shapes.items()})
+        pairs = [
+            (pat, Override.coerce(v))
+            for src in (shipped, overrides or {})
+            for pat, v in src.items()
+        ]
+        hits = match_patterns([pat for pat, _ in pairs], {n: t.aliases for n, t in shapes.items()})
         per_name: dict[str, list[Override]] = {n: [] for n in shapes}
-        for pat, names in hits.items():
-            for n in names:
-                per_name[n].append(ovr[pat])
+        for pat, o in pairs:
+            for n in hits[pat]:
+                per_name[n].append(o)
 
         out_proj_ids = {
             id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)

@@ -218,7 +218,7 @@ class SAM(torch.optim.Optimizer):
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         """With a closure (zeroes grads, computes the loss, calls backward, returns the loss): a
-        whole SAM step, returning the loss at the unperturbed point. Without one:
+        whole SAM step, returning the loss at the unperturbed point (detached). Without one:
         :meth:`second_step` (restore, then the base step)."""
         if closure is None:
             self.second_step()
@@ -236,7 +236,7 @@ class SAM(torch.optim.Optimizer):
             with torch.enable_grad(), second:
                 closure()
         self.second_step()
-        return loss
+        return loss.detach()
 
     # -- checkpoints ----------------------------------------------------------------------
 
