@@ -1,9 +1,10 @@
 """Width bookkeeping: base shapes, fan multipliers and role inference for every trainable tensor.
 
-Conventions (see ``docs/math.md``): a weight has shape ``(fan_out, fan_in, *kernel)``, except the
-module types in :data:`FAN_AXES` (``nn.Embedding`` is ``(fan_in, fan_out)``, transposed convolutions
-are ``(fan_in, fan_out, *kernel)``). Vectors have ``fan_in = 1``; 0-d tensors have no fan. Kernel
-dimensions never scale. ``m_in``/``m_out`` are the ratios of a tensor's fans to the base model's.
+Conventions (``docs/parametrization.md``): a weight has shape ``(fan_out, fan_in, *kernel)``,
+except the module types in :data:`FAN_AXES` (``nn.Embedding`` is ``(fan_in, fan_out)``,
+transposed convolutions ``(fan_in, fan_out, *kernel)``). Vectors have ``fan_in = 1``; 0-d
+tensors have no fan. Kernel dimensions never scale. ``m_in``/``m_out`` are the ratios of a
+tensor's fans to the base model's.
 """
 
 from __future__ import annotations
