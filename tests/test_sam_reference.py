@@ -32,10 +32,11 @@ def factors(rule: str, scaling: str, role: str, r: float, m: float) -> tuple[flo
         return r, r * r / m
     if rule in ("sam", "sam-on"):
         return r, r
-    if rule == "asam":
-        return m**0.5, 1.0
-    extra = m if role in ("input", "output") else 1.0  # layerwise ASAM
-    return extra, extra
+    if rule == "asam":  # as measured by the coordinate check (docs/table1.md)
+        k = 1.0 if role == "scalar" else m
+        return k, k
+    k = 1.0 / m if role == "hidden" else 1.0  # layerwise ASAM, likewise
+    return k, k
 
 
 def reference_eps(groups: list[dict[str, Any]], rule: str, scaling: str) -> dict[int, torch.Tensor]:

@@ -112,7 +112,7 @@ class SAM(torch.optim.Optimizer):
         self._buffers: dict[Tensor, Tensor] = {}
         self._perturbed: list[Tensor] = []
         self._plan_key: tuple[Any, ...] | None = None
-        self._plan: tuple[list[Tensor], Tensor, Tensor] | None = None
+        self._plan: tuple[list[Tensor], Tensor, Tensor, Tensor] | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -122,53 +122,62 @@ class SAM(torch.optim.Optimizer):
 
     # -- the perturbation -----------------------------------------------------------------
 
-    def _factors(self) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Perturbable tensors and their ``rho**2 c`` / ``rho**2 s``; cached until rho changes."""
+    def _factors(self) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+        """Perturbable tensors and their ``rho``, ``c`` and ``s`` (1-D, one entry per tensor);
+        cached until a group's ``rho`` changes."""
         key = tuple((g["rho"], g["rho_mult"], len(g["params"])) for g in self.param_groups)
         if key != self._plan_key or self._plan is None:
             params: list[Tensor] = []
-            c: list[float] = []
-            s: list[float] = []
+            rho_c_s: list[tuple[float, float, float]] = []
             for g in self.param_groups:
                 rho = g["rho"] * g["rho_mult"]
                 if rho == 0.0 or (self.rule == "sam-on" and not g["norm"]):
                     continue
                 role = Role(g["role"])
                 args = (g["m_in"], g["m_out"], g["width_mult"])
-                for p in g["params"]:
-                    params.append(p)
-                    c.append(rho**2 * self.scaling_table.c[role](*args))
-                    s.append(rho**2 * self.scaling_table.s[role](*args))
+                c, s = self.scaling_table.c[role](*args), self.scaling_table.s[role](*args)
+                params += g["params"]
+                rho_c_s += [(rho, c, s)] * len(g["params"])
             dev = params[0].device if params else torch.device("cpu")
             dt = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
-            self._plan = (
-                params,
-                torch.tensor(c, device=dev, dtype=dt),
-                torch.tensor(s, device=dev, dtype=dt),
-            )
+            table = torch.tensor(rho_c_s, device=dev, dtype=dt).reshape(-1, 3)
+            self._plan = (params, table[:, 0], table[:, 1], table[:, 2])
             self._plan_key = key
         return self._plan
+
+    def _perturbation(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        rho: Tensor,
+        c: Tensor,
+        s: Tensor,
+        out: list[Tensor],
+    ) -> None:
+        """Write ``eps`` of every tensor into ``out`` (the ascent; LightSAM overrides it)."""
+        rho2 = rho * rho
+        compute_perturbation(self.rule, params, grads, rho2 * c, rho2 * s, out, self.eta)
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """Move to ``w + eps`` using the current gradients (tensors without one stay put)."""
         if self._perturbed:
             raise RuntimeError("first_step() called twice without second_step() in between")
-        params, rho2c, rho2s = self._factors()
+        params, rho, c, s = self._factors()
         present = [i for i, p in enumerate(params) if p.grad is not None]
         if present:
             if len(present) < len(params):
-                idx = torch.tensor(present, device=rho2c.device)
+                idx = torch.tensor(present, device=rho.device)
                 params = [params[i] for i in present]
-                rho2c, rho2s = rho2c[idx], rho2s[idx]
-            grads = [p.grad for p in params]
+                rho, c, s = rho[idx], c[idx], s[idx]
+            grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
             bufs = [self._buffer(p) for p in params]
             if self.restore == "subtract":
-                compute_perturbation(self.rule, params, grads, rho2c, rho2s, bufs, self.eta)  # type: ignore[arg-type]
+                self._perturbation(params, grads, rho, c, s, bufs)
                 torch._foreach_add_(params, bufs)
             else:
                 eps = [torch.empty_like(p) for p in params]
-                compute_perturbation(self.rule, params, grads, rho2c, rho2s, eps, self.eta)  # type: ignore[arg-type]
+                self._perturbation(params, grads, rho, c, s, eps)
                 torch._foreach_copy_(bufs, params)
                 torch._foreach_add_(params, eps)
             self._perturbed = params

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from mup2.shapes import Role
 
 __all__ = [
+    "LIGHTSAM_RULES",
     "MUP_ADAM",
     "MUP_SGD",
     "RULES",
@@ -121,17 +122,29 @@ _R = Power(out=1.0, in_=-1.0)  # r = m_out / m_in
 _NAIVE = PerturbScaling(_same(_ONE), _same(_ONE))
 _LAYERWISE_R = PerturbScaling(_same(_R), _same(_R))
 # (rule, scaling) -> factors. The mup2 rows are the layerwise fixes; the coordinate check
-# (mup2.coordcheck) is the arbiter of whether each row perturbs every layer effectively.
+# (mup2.coordcheck, docs/table1.md) is the arbiter of whether each row perturbs every layer
+# effectively. With c = s = k the effective perturbation of W is ~ k_W T_W / sqrt(sum k_V T_V),
+# T_W = ||A_W g_W||^2, so each k_W must cancel the width dependence of its T_W:
+# - asam: T ~ 1/M for every width-scaled tensor but Θ(1) for scalar-like ones (the readout bias),
+#   hence k = M except on scalars. The note's global x M^1/2 (= k = M everywhere) let the readout
+#   bias take over the norm: output slope +0.32 vs -0.06 now (eta=0, widths 64..4096). A fixed
+#   eta still breaks it once eta > |W| (output for n > ~400 at base 64): eta must scale like W.
+# - asam-layerwise: T ~ M for hidden tensors, Θ(1) for the rest, hence k = 1/M on hidden ones.
+#   The note's x M on input/output tensors is this times M, so every layer grew: slopes
+#   +0.47..+0.51 before, -0.03..+0.01 now (widths 64..4096, eta=0.01).
 _PERTURB: dict[tuple[str, str], PerturbScaling] = {
     **{(rule, "naive"): _NAIVE for rule in RULES},
     **{(rule, "global"): PerturbScaling(_same(Power(width=-0.5)), _same(_ONE)) for rule in RULES},
     ("sam", "mup2"): _LAYERWISE_R,
     # Norm parameters all have r = M, so this is the note's global x M^1/2 for SAM-ON.
     ("sam-on", "mup2"): _LAYERWISE_R,
-    ("asam", "mup2"): PerturbScaling(_same(Power(width=0.5)), _same(_ONE)),
+    ("asam", "mup2"): PerturbScaling(
+        {**_same(Power(width=1.0)), Role.SCALAR: _ONE},
+        {**_same(Power(width=1.0)), Role.SCALAR: _ONE},
+    ),
     ("asam-layerwise", "mup2"): PerturbScaling(
-        {**_same(_ONE), Role.INPUT: Power(width=1.0), Role.OUTPUT: Power(width=1.0)},
-        {**_same(_ONE), Role.INPUT: Power(width=1.0), Role.OUTPUT: Power(width=1.0)},
+        {**_same(_ONE), Role.HIDDEN: Power(width=-1.0)},
+        {**_same(_ONE), Role.HIDDEN: Power(width=-1.0)},
     ),
     ("sam", "mup2-coupled"): PerturbScaling(_same(_R), _same(Power(out=2.0, in_=-2.0, width=-1.0))),
     ("sam-on", "mup2-coupled"): PerturbScaling(
@@ -140,16 +153,38 @@ _PERTURB: dict[tuple[str, str], PerturbScaling] = {
 }
 
 
+LIGHTSAM_RULES = ("lightsam-adagrad-norm", "lightsam-adagrad", "lightsam-adam")
+# LightSAM (mup2.lightsam): eps_W = rho_W * c_W * (adaptive ascent of W). AdaGrad-Norm divides
+# by one accumulator, sqrt(eps0^2 + sum_t sum_V s_V ||g_V||^2): SGD-like, so SAM's row applies.
+# The elementwise variants (AdaGrad, Adam) normalize each coordinate, so their ascent scales like
+# an Adam update: c = 1/m_in, as μP's Adam learning rate (s is unused).
+_ADAM_LIKE = PerturbScaling(_same(Power(in_=-1.0)), _same(_ONE))
+_PERTURB.update(
+    {
+        **{(rule, "naive"): _NAIVE for rule in LIGHTSAM_RULES},
+        **{
+            (rule, "global"): PerturbScaling(_same(Power(width=-0.5)), _same(_ONE))
+            for rule in LIGHTSAM_RULES
+        },
+        ("lightsam-adagrad-norm", "mup2"): _LAYERWISE_R,
+        ("lightsam-adagrad", "mup2"): _ADAM_LIKE,
+        ("lightsam-adam", "mup2"): _ADAM_LIKE,
+    }
+)
+
+
 def perturb_scaling(rule: str, scaling: str) -> PerturbScaling:
-    """The width factors for a SAM rule under a perturbation scaling."""
-    if rule not in RULES:
+    """The width factors for a SAM or LightSAM rule under a perturbation scaling."""
+    if rule not in RULES + LIGHTSAM_RULES:
         raise ValueError(f"unknown SAM rule {rule!r}; choose one of {list(RULES)}")
     if scaling not in SCALINGS:
         raise ValueError(
             f"unknown perturbation scaling {scaling!r}; choose one of {list(SCALINGS)}"
         )
     if (rule, scaling) not in _PERTURB:
-        raise ValueError(f"scaling {scaling!r} is defined only for rules 'sam' and 'sam-on'")
+        raise ValueError(
+            f"scaling {scaling!r} is defined only for rules 'sam' and 'sam-on', not {rule!r}"
+        )
     return _PERTURB[(rule, scaling)]
 
 

@@ -1,0 +1,72 @@
+"""AdaGrad-Norm: SGD with one adaptive step size ``lr / sqrt(v)`` shared by all tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["AdaGradNorm"]
+
+
+class AdaGradNorm(torch.optim.Optimizer):
+    """``v += sum_W k_W ||g_W||^2`` (starting at ``eps0**2``), then ``W -= lr * g_W / sqrt(v)``.
+
+    ``k_W = m_out/m_in`` of the tensor's group when ``width_aware`` (groups from
+    :meth:`mup2.Parametrization.param_groups` carry ``m_in``/``m_out``; plain params have
+    ``k = 1``): under μP this makes ``v`` a sum of Θ(1) terms at every width (a plain sum is
+    dominated by the readout's gradient, whose norm grows like ``sqrt(width)``), so the step size
+    does not shrink with width. At base width both are AdaGrad-Norm. ``v`` is the sum of per-tensor
+    accumulators (state ``"v"``), so it survives ``state_dict`` round trips. L2 weight decay is
+    added to the gradient, as in ``torch.optim.SGD``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.1,
+        eps0: float = 1e-8,
+        weight_decay: float = 0.0,
+        width_aware: bool = True,
+    ) -> None:
+        if not lr > 0.0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not eps0 > 0.0:
+            raise ValueError(f"eps0 must be > 0, got {eps0}")
+        super().__init__(params, {"lr": lr, "eps0": eps0, "weight_decay": weight_decay})
+        self.width_aware = width_aware
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        entries = [(g, p) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not entries:
+            return loss
+        grads = []
+        for group, p in entries:
+            grad = p.grad
+            if group["weight_decay"]:
+                grad = grad.add(p, alpha=group["weight_decay"])
+            grads.append(grad)
+        accs = []
+        for _, p in entries:
+            state = self.state[p]
+            if "v" not in state:
+                dtype = torch.promote_types(p.dtype, torch.float32)
+                state["v"] = torch.zeros((), device=p.device, dtype=dtype)
+            accs.append(state["v"])
+        sq = torch.stack(torch._foreach_norm(grads)).to(accs[0].dtype) ** 2
+        if self.width_aware:
+            k = [g.get("m_out", 1.0) / g.get("m_in", 1.0) for g, _ in entries]
+            sq = sq * torch.tensor(k, device=sq.device)
+        torch._foreach_add_(accs, list(sq.unbind()))
+        eps0 = entries[0][0]["eps0"]
+        denom = torch.sqrt(torch.stack(accs).sum() + eps0**2)
+        scales = [-group["lr"] / denom for group, _ in entries]
+        torch._foreach_add_([p for _, p in entries], torch._foreach_mul(grads, scales))
+        return loss

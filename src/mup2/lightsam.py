@@ -1,0 +1,145 @@
+"""LightSAM (Cheng et al. 2025): adaptive step sizes in both the ascent and the descent.
+
+With ``s = ∇L(w)`` and ``g = ∇L(w + eps)`` (math note, section 6)::
+
+    adagrad-norm  u += sum_V k_V ||s_V||^2 (from eps0^2)  eps_W = rho c_W s_W / sqrt(u)
+    adagrad       u_W += s_W^2 (from eps0^2)              eps_W = rho c_W s_W / sqrt(u_W)
+    adam          u_W = b2 u_W + (1-b2) s_W^2             eps_W = rho c_W m_W / (sqrt(u_W/bc2)+eps)
+
+then the descent is :class:`mup2.AdaGradNorm`, ``torch.optim.Adagrad`` (accumulator from
+``eps0^2``, no ``eps``) or ``torch.optim.AdamW`` on ``g``. ``c``/``k`` are the width factors of
+:func:`mup2.schemes.perturb_scaling` (1 at base width). Where the paper is silent, the Adam
+ascent follows Adam's conventions (bias correction on, ``u`` from 0, ``eps`` outside the root)
+and uses the current gradient ``m = s``; both are options (``bias_correction``,
+``ascent_beta1 > 0`` for an Adam first moment ``m = b1 m + (1-b1) s`` divided by ``bc1``).
+The accumulators are optimizer state: they are checkpointed and resume bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mup2.adagrad_norm import AdaGradNorm
+from mup2.sam import SAM, Restore
+
+__all__ = ["LightSAM", "Variant"]
+
+Variant = Literal["adagrad-norm", "adagrad", "adam"]
+
+
+class LightSAM(SAM):
+    """SAM with AdaGrad-Norm, AdaGrad or Adam step sizes in ascent and descent.
+
+    Same API, checkpoints and helpers as :class:`mup2.SAM` (``step(closure)``, ``first_step`` /
+    ``second_step``, ``model=`` for DDP and BatchNorm). Use μP groups of the matching base
+    optimizer: ``mup-sgd`` for ``adagrad-norm`` (SGD-like), ``mup-adam`` for ``adagrad``/``adam``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        variant: Variant = "adam",
+        *,
+        lr: float = 1e-3,
+        rho: float = 0.05,
+        scaling: str = "mup2",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        eps0: float = 1e-8,
+        weight_decay: float = 0.0,
+        bias_correction: bool = True,
+        ascent_beta1: float = 0.0,
+        restore: Restore = "auto",
+        model: nn.Module | None = None,
+        sync_perturbation: bool = False,
+    ) -> None:
+        if variant == "adagrad-norm":
+            base: type[torch.optim.Optimizer] = AdaGradNorm
+            kw: dict[str, Any] = {"lr": lr, "eps0": eps0, "weight_decay": weight_decay}
+        elif variant == "adagrad":
+            base = torch.optim.Adagrad
+            kw = {"lr": lr, "initial_accumulator_value": eps0**2, "eps": 0.0}
+            kw["weight_decay"] = weight_decay
+        elif variant == "adam":
+            base = torch.optim.AdamW
+            kw = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        else:
+            raise ValueError(
+                f"variant must be 'adagrad-norm', 'adagrad' or 'adam', not {variant!r}"
+            )
+        if not 0.0 <= ascent_beta1 < 1.0:
+            raise ValueError(f"ascent_beta1 must be in [0, 1), got {ascent_beta1}")
+        self.variant, self.eps0 = variant, eps0
+        self.beta2, self.ascent_eps = betas[1], eps
+        self.bias_correction, self.ascent_beta1 = bias_correction, ascent_beta1
+        super().__init__(
+            params,
+            base,
+            rho=rho,
+            rule=f"lightsam-{variant}",
+            scaling=scaling,
+            restore=restore,
+            model=model,
+            sync_perturbation=sync_perturbation,
+            **kw,
+        )
+
+    def _state(self, p: Tensor, key: str, init: float, scalar: bool = False) -> Tensor:
+        state = self.state[p]
+        if key not in state:
+            dtype = torch.promote_types(p.dtype, torch.float32)
+            shape = () if scalar else p.shape
+            state[key] = torch.full(shape, init, device=p.device, dtype=dtype)
+        value: Tensor = state[key]
+        return value
+
+    def _perturbation(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        rho: Tensor,
+        c: Tensor,
+        s: Tensor,
+        out: list[Tensor],
+    ) -> None:
+        k = rho * c
+        if self.variant == "adagrad-norm":
+            accs = [self._state(p, "ascent_u", 0.0, scalar=True) for p in params]
+            sq = torch.stack(torch._foreach_norm(grads)).to(accs[0].dtype) ** 2
+            torch._foreach_add_(accs, list((s * sq).unbind()))
+            every = [st["ascent_u"] for st in self.state.values() if "ascent_u" in st]
+            scale = k / torch.sqrt(torch.stack(every).sum() + self.eps0**2)
+            torch._foreach_copy_(out, grads)
+        elif self.variant == "adagrad":
+            accs = [self._state(p, "ascent_u", self.eps0**2) for p in params]
+            torch._foreach_addcmul_(accs, grads, grads)
+            torch._foreach_copy_(out, grads)
+            torch._foreach_div_(out, torch._foreach_sqrt(accs))
+            scale = k
+        else:
+            accs = [self._state(p, "ascent_u", 0.0) for p in params]
+            steps = [self._state(p, "ascent_step", 0.0, scalar=True) for p in params]
+            torch._foreach_add_(steps, 1.0)
+            torch._foreach_mul_(accs, self.beta2)
+            torch._foreach_addcmul_(accs, grads, grads, value=1.0 - self.beta2)
+            t = torch.stack(steps)
+            bc1 = 1.0 - self.ascent_beta1**t if self.ascent_beta1 else torch.ones_like(t)
+            bc2 = 1.0 - self.beta2**t
+            if not self.bias_correction:
+                bc1, bc2 = torch.ones_like(t), torch.ones_like(t)
+            if self.ascent_beta1:
+                moms = [self._state(p, "ascent_m", 0.0) for p in params]
+                torch._foreach_lerp_(moms, grads, 1.0 - self.ascent_beta1)
+                torch._foreach_copy_(out, moms)
+            else:
+                torch._foreach_copy_(out, grads)
+            denom = torch._foreach_sqrt(accs)
+            torch._foreach_div_(denom, list(torch.sqrt(bc2).unbind()))
+            torch._foreach_add_(denom, self.ascent_eps)
+            torch._foreach_div_(out, denom)
+            scale = k / bc1
+        torch._foreach_mul_(out, list(scale.unbind()))
