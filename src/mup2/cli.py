@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -42,6 +43,151 @@ def roles(
     base = MLP(base_width, depth=depth, norm=norm)  # type: ignore[arg-type]
     p = Parametrization.infer(model, base, scheme)
     typer.echo(p.report(rule, scaling, markdown=markdown))
+
+
+@app.command()
+def coordcheck(
+    model: Annotated[str, typer.Option(help="model family (only 'mlp')")] = "mlp",
+    widths: Annotated[
+        str, typer.Option(help="comma-separated increasing widths, at least 3")
+    ] = "64,128,256,512,1024",
+    depth: Annotated[int, typer.Option(help="number of Linear layers")] = 3,
+    in_features: Annotated[int, typer.Option(help="input dimension of the fixed batch")] = 32,
+    norm: Annotated[
+        str | None,
+        typer.Option(
+            help="none, layer or batch (default: layer with sam-on or --table, else none)"
+        ),
+    ] = None,
+    scheme: Annotated[str, typer.Option(help="sp or mup (μP for SGD)")] = "mup",
+    rule: Annotated[str, typer.Option(help="sam, asam, asam-layerwise or sam-on")] = "sam",
+    scaling: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="naive, global, mup2 or mup2-coupled; repeatable (default: the first three)"
+        ),
+    ] = None,
+    rho: Annotated[float, typer.Option(help="perturbation radius")] = 0.1,
+    lr: Annotated[float, typer.Option(help="base SGD learning rate")] = 0.1,
+    eta: Annotated[float, typer.Option(help="ASAM offset")] = 0.01,
+    steps: Annotated[int, typer.Option(help="SAM steps; slopes are reported at the last")] = 3,
+    seeds: Annotated[int, typer.Option(help="average over seeds 0..N-1")] = 3,
+    batch_size: Annotated[int, typer.Option(help="size of the fixed batch")] = 32,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="write every slope as JSON records")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="write log-log plots (PNG)")] = None,
+    table: Annotated[
+        bool, typer.Option("--table", help="print Table 1 for every rule (markdown)")
+    ] = False,
+) -> None:
+    """Coordinate check: per-layer slopes of activation, update and perturbation RMS vs width."""
+    import json
+    from functools import partial
+
+    import torch
+
+    from mup2.coordcheck import (
+        TABLE1_RULES,
+        TABLE1_SCALINGS,
+        format_slopes,
+        format_table1,
+        plot_coord_checks,
+        records,
+        table1,
+    )
+    from mup2.models.mlp import MLP
+
+    try:
+        if model != "mlp":
+            raise ValueError(f"unknown model {model!r}; the coordinate check knows 'mlp'")
+        if scheme not in ("sp", "mup"):
+            raise ValueError(f"--scheme must be 'sp' or 'mup', not {scheme!r}")
+        try:
+            ws = [int(w) for w in widths.split(",") if w.strip()]
+        except ValueError:
+            raise ValueError(f"--widths must be comma-separated integers, got {widths!r}") from None
+        scalings = list(scaling or TABLE1_SCALINGS)
+        rules = list(TABLE1_RULES) if table else [rule]
+        norm_ = norm or ("layer" if table or rule == "sam-on" else "none")
+        if norm_ not in ("none", "layer", "batch"):
+            raise ValueError(f"--norm must be none, layer or batch, not {norm_!r}")
+        if "sam-on" in rules and norm_ == "none":
+            raise ValueError("rule 'sam-on' perturbs only normalization layers: use --norm layer")
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(batch_size, in_features, generator=gen)
+        y = torch.randint(0, 10, (batch_size,), generator=gen)
+        factory = partial(MLP, depth=depth, in_features=in_features, norm=norm_)  # type: ignore[arg-type]
+        results = table1(
+            factory,
+            ws,
+            x,
+            y,
+            rules=rules,
+            scalings=scalings,
+            scheme=scheme,
+            rho=rho,
+            lr=lr,
+            eta=eta,
+            steps=steps,
+            seeds=range(seeds),
+        )
+    except ValueError as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if table:
+        typer.echo(
+            f"Effectively perturbed layer groups (slope of log2 effective-perturbation RMS vs "
+            f"log2 width > -0.25) of a {depth}-layer ReLU MLP, norm={norm_}, scheme {scheme}, "
+            f"SGD lr={lr}, rho={rho}, widths {ws}, seeds 0..{seeds - 1}, step {steps} of "
+            f"{steps}.\n"
+        )
+        typer.echo(format_table1(results))
+    else:
+        typer.echo(format_slopes(results))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(records(results), indent=1) + "\n")
+        typer.echo(f"wrote {json_path}")
+    if plot is not None:
+        for r in rules:
+            out = plot if len(rules) == 1 else plot.with_name(f"{plot.stem}-{r}{plot.suffix}")
+            plot_coord_checks([res for res in results if res.rule == r], out)
+            typer.echo(f"wrote {out}")
+
+
+@app.command()
+def train(
+    config: Annotated[str, typer.Argument(help="run config: a .toml, .yaml or .yml file")],
+    run_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="directory for config.json, metrics.jsonl, checkpoint.pt and result.json; "
+            "a directory with a checkpoint resumes (default: runs/ and the config file's stem)"
+        ),
+    ] = None,
+) -> None:
+    """Train one run from CONFIG (see docs/training.md); resume it if RUN_DIR has a checkpoint."""
+    import json
+    from pathlib import Path
+
+    from mup2.config import ConfigError, load_config
+    from mup2.train import ResumeError
+    from mup2.train import train as train_run
+
+    try:
+        cfg = load_config(config)
+    except (ConfigError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    out = Path(run_dir) if run_dir is not None else Path("runs") / Path(config).stem
+    try:
+        result = train_run(cfg, out)
+    except (FileNotFoundError, ResumeError) as exc:  # missing data, a mismatched checkpoint
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    summary = {k: v for k, v in result.to_dict().items() if k != "metrics"}
+    typer.echo(json.dumps({"run_dir": str(out), **summary}))
 
 
 def main() -> None:

@@ -1,0 +1,528 @@
+"""The perturbation coordinate check (math note, section 5): measure, across widths, how each
+parametrized module's output moves under SAM's perturbation and the base optimizer's update.
+
+For every module holding trainable parameters directly (Linear, Conv, norms, modules with
+several parameters), at each measured step ``t`` with weights ``w_t``:
+
+- ``activation``: RMS of the module's output at ``w_t``;
+- ``effective_perturbation``: RMS of ``M(x; W+eps_W) - M(x; W)``, ``x`` the module's own input at
+  ``w_t``, only its own parameters perturbed (for Linear: ``eps_W x + eps_b``);
+- ``total_perturbation``: RMS of the change of the module's output when all parameters are
+  perturbed (the model's forward at ``w_t + eps`` against the one at ``w_t``);
+- ``update``: RMS of ``M(x; W+dW) - M(x; W)`` after one SAM step (``dW = w_{t+1} - w_t``).
+
+Modules are evaluated with :func:`torch.func.functional_call` on snapshots of the parameters and
+observed with forward hooks that are removed afterwards; the user's modules are never edited.
+Each forward and functional call starts from the same RNG seed, so dropout masks agree.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mup2.parametrize import Override, Parametrization
+from mup2.passes import frozen_bn_stats
+from mup2.sam import SAM
+from mup2.schemes import Scheme, get_scheme, perturb_scaling
+from mup2.shapes import NORM_TYPES, Role, normalize_name
+
+__all__ = [
+    "EFFECTIVE_SLOPE",
+    "GROUPS",
+    "QUANTITIES",
+    "CoordCheck",
+    "Layer",
+    "LossFn",
+    "ModelFactory",
+    "Slope",
+    "coord_check",
+    "fit_slope",
+    "verdict",
+]
+
+QUANTITIES = ("activation", "update", "effective_perturbation", "total_perturbation")
+#: Layer groups of Table 1; a module's group is its weight's role, or ``normalization``.
+GROUPS = ("input-like", "hidden-like", "output-like", "normalization", "scalar-like")
+#: A layer is effectively perturbed when its slope is finite and above this (math note, §5).
+EFFECTIVE_SLOPE = -0.25
+
+ModelFactory = Callable[[int], nn.Module]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def fit_slope(widths: Sequence[float], values: Sequence[float]) -> float:
+    """Least-squares slope of ``log2(value)`` against ``log2(width)``; ``nan`` if any value is
+    zero, negative or not finite (such a series has no power law to fit)."""
+    if len(widths) != len(values) or len(widths) < 2:
+        raise ValueError("fit_slope needs as many values as widths, and at least two")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        return math.nan
+    x, y = np.log2(np.asarray(widths, float)), np.log2(np.asarray(values, float))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def verdict(slope: float, values: Sequence[float] = ()) -> str:
+    """``"zero"`` (never moves), ``"undefined"`` (nan), ``"vanishes"`` (slope <= -0.25),
+    ``"grows"`` (slope > +0.25) or ``"Θ(1)"``."""
+    if values and all(v == 0.0 for v in values):
+        return "zero"
+    if not math.isfinite(slope):
+        return "undefined"
+    if slope <= EFFECTIVE_SLOPE:
+        return "vanishes"
+    return "grows" if slope > -EFFECTIVE_SLOPE else "Θ(1)"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A parametrized module: its name in the model, type, role (of its weight, or else of its
+    first parameter, at the largest width) and Table 1 group."""
+
+    name: str
+    module_type: str
+    role: Role
+    group: str
+
+
+@dataclass(frozen=True)
+class Slope:
+    """The fitted log2-log2 slope of one quantity of one layer, with the values it was fit on."""
+
+    scheme: str
+    rule: str
+    scaling: str
+    quantity: str
+    layer: str
+    role: str
+    group: str
+    module_type: str
+    step: int
+    slope: float
+    widths: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.slope, self.values)
+
+    @property
+    def effective(self) -> bool:
+        """Finite slope above :data:`EFFECTIVE_SLOPE` (the "effectively perturbed" criterion)."""
+        return math.isfinite(self.slope) and self.slope > EFFECTIVE_SLOPE
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``nan`` becomes ``None``)."""
+
+        def num(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+
+        return {
+            "scheme": self.scheme,
+            "rule": self.rule,
+            "scaling": self.scaling,
+            "quantity": self.quantity,
+            "layer": self.layer,
+            "role": self.role,
+            "group": self.group,
+            "module_type": self.module_type,
+            "step": self.step,
+            "slope": num(self.slope),
+            "verdict": self.verdict,
+            "effective": self.effective,
+            "widths": list(self.widths),
+            "values": [num(v) for v in self.values],
+        }
+
+
+@dataclass(frozen=True)
+class CoordCheck:
+    """Measurements of one (scheme, rule, scaling) across widths.
+
+    ``values[(step, layer, quantity)]`` holds, per width, the mean over ``seeds`` of the RMS.
+    """
+
+    scheme: str
+    rule: str
+    scaling: str
+    widths: tuple[int, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    rho: float
+    lr: float
+    layers: tuple[Layer, ...]
+    values: Mapping[tuple[int, str, str], tuple[float, ...]] = field(repr=False)
+
+    def layer(self, name: str) -> Layer:
+        for lay in self.layers:
+            if lay.name == name:
+                return lay
+        raise KeyError(f"no layer {name!r}; layers: {[lay.name for lay in self.layers]}")
+
+    def slope(self, layer: str, quantity: str, step: int = -1) -> float:
+        """The fitted slope of ``quantity`` for ``layer`` at ``step`` (default: the last)."""
+        if quantity not in QUANTITIES:
+            raise ValueError(f"unknown quantity {quantity!r}; choose one of {list(QUANTITIES)}")
+        self.layer(layer)
+        return fit_slope(self.widths, self.values[(step % self.steps, layer, quantity)])
+
+    def slopes(self, step: int | None = -1) -> list[Slope]:
+        """One :class:`Slope` per layer and quantity at ``step`` (``None``: every step)."""
+        steps = range(self.steps) if step is None else [step % self.steps]
+        out = []
+        for t in steps:
+            for lay in self.layers:
+                for q in QUANTITIES:
+                    vals = self.values[(t, lay.name, q)]
+                    out.append(
+                        Slope(
+                            self.scheme,
+                            self.rule,
+                            self.scaling,
+                            q,
+                            lay.name,
+                            lay.role.value,
+                            lay.group,
+                            lay.module_type,
+                            t,
+                            fit_slope(self.widths, vals),
+                            self.widths,
+                            vals,
+                        )
+                    )
+        return out
+
+
+# -- measurement ------------------------------------------------------------------------------
+
+
+def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
+    ws = tuple(widths)
+    if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in ws):
+        raise ValueError(f"widths must be positive integers, got {list(ws)}")
+    if len(ws) < 3:
+        raise ValueError(
+            f"a coordinate check needs at least 3 widths to fit a slope, got {list(ws)}; "
+            "use e.g. 64,128,256,512,1024"
+        )
+    if any(b <= a for a, b in itertools.pairwise(ws)):
+        raise ValueError(f"widths must be strictly increasing, got {list(ws)}")
+    return ws
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _shapes_at(factory: ModelFactory, width: int) -> dict[str, tuple[int, ...]]:
+    """Trainable parameter shapes of ``factory(width)``, built on the meta device when possible."""
+    try:
+        with torch.device("meta"):
+            return _shapes(factory(width))
+    except Exception:  # a factory that insists on real tensors: build it for real
+        return _shapes(factory(width))
+
+
+def _check_factory(
+    factory: ModelFactory, widths: Sequence[int], base_width: int
+) -> dict[str, tuple[int, ...]]:
+    """The base model's shapes; raises if two widths, or the largest and the base, build models
+    of the same shapes (a factory that ignores its width)."""
+    base = _shapes_at(factory, base_width)
+    prev = base if base_width == widths[0] else _shapes_at(factory, widths[0])
+    for a, b in itertools.pairwise(widths):
+        cur = _shapes_at(factory, b)
+        if cur == prev:
+            raise ValueError(
+                f"the model factory built models with the same parameter shapes at widths {a} "
+                f"and {b}: does it pass its width argument on to the model?"
+            )
+        prev = cur
+    if prev == base:
+        raise ValueError(
+            f"the model at width {widths[-1]} has the same parameter shapes as the base model at "
+            f"width {base_width}: nothing scales with width"
+        )
+    return base
+
+
+def _param_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules that hold trainable parameters directly, by their first name (root: ``""``)."""
+    out: dict[str, nn.Module] = {}
+    seen: set[int] = set()
+    for name, mod in model.named_modules():
+        if id(mod) in seen:
+            continue
+        seen.add(id(mod))
+        if any(p.requires_grad for p in mod.parameters(recurse=False)):
+            out[name] = mod
+    return out
+
+
+def _layer(name: str, module: nn.Module, p: Parametrization) -> Layer:
+    own = dict(module.named_parameters(recurse=False))
+    local = "weight" if "weight" in own else next(iter(own))
+    full = normalize_name(f"{name}.{local}" if name else local)
+    role = p.tensors[full].shape.role if full in p.tensors else Role.SCALAR
+    group = "normalization" if isinstance(module, NORM_TYPES) else f"{role.value}-like"
+    return Layer(name or "(root)", type(module).__name__, role, group)
+
+
+def _detach(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, tuple | list):
+        return type(obj)(_detach(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _detach(v) for k, v in obj.items()}
+    return obj
+
+
+def _flat(obj: Any) -> Tensor:
+    """All floating-point tensors in a (nested) output, flattened and concatenated, in float64."""
+    parts: list[Tensor] = []
+
+    def visit(o: Any) -> None:
+        if isinstance(o, Tensor):
+            if o.is_floating_point() or o.is_complex():
+                parts.append(o.detach().reshape(-1).to(torch.float64))
+        elif isinstance(o, tuple | list):
+            for x in o:
+                visit(x)
+        elif isinstance(o, dict):
+            for x in o.values():
+                visit(x)
+
+    visit(obj)
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+_Call = tuple[tuple[Any, ...], dict[str, Any], Tensor]  # (args, kwargs, flat output)
+
+
+class _Recorder:
+    """Forward hooks that record each module's inputs and output while ``active``."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+        self.active = False
+        self.calls: dict[str, list[_Call]] = {n: [] for n in modules}
+        self._handles = [
+            mod.register_forward_hook(self._hook(name), with_kwargs=True)
+            for name, mod in modules.items()
+        ]
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            if self.active:
+                self.calls[name].append((_detach(args), _detach(kwargs), _flat(output).clone()))
+
+        return hook
+
+    @contextmanager
+    def recording(self) -> Iterator[dict[str, list[_Call]]]:
+        self.calls = {n: [] for n in self.calls}
+        self.active = True
+        try:
+            yield self.calls
+        finally:
+            self.active = False
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _rms(diffs: Sequence[Tensor]) -> float:
+    n = sum(d.numel() for d in diffs)
+    if n == 0:
+        return math.nan
+    return math.sqrt(sum(float(d.pow(2).sum()) for d in diffs) / n)
+
+
+def _snapshot(model: nn.Module) -> dict[Tensor, Tensor]:
+    return {p: p.detach().clone() for p in model.parameters()}
+
+
+def _seed(seed: int, device: torch.device) -> None:
+    """Seed the generators a forward on ``device`` draws from (cheaper than torch.manual_seed)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+
+
+def _call(
+    module: nn.Module,
+    state: Mapping[Tensor, Tensor],
+    own: Mapping[Tensor, Tensor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    seed: int,
+    device: torch.device,
+) -> Tensor:
+    """``module``'s output with every parameter from ``state``, its direct ones from ``own``."""
+    direct = {id(p) for p in module.parameters(recurse=False)}
+    params = {n: (own if id(p) in direct else state)[p] for n, p in module.named_parameters()}
+    _seed(seed, device)
+    return _flat(functional_call(module, params, args, kwargs))
+
+
+def _measure_run(
+    model: nn.Module,
+    opt: SAM,
+    modules: Mapping[str, nn.Module],
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn: LossFn,
+    steps: int,
+    seed: int,
+) -> dict[tuple[int, str, str], float]:
+    out: dict[tuple[int, str, str], float] = {}
+    dev = inputs.device
+    rec = _Recorder(modules)
+    try:
+        for t in range(steps):
+            opt.zero_grad(set_to_none=True)
+            with rec.recording() as at_w:
+                _seed(seed, dev)
+                torch.autograd.backward(loss_fn(model(inputs), targets))
+            w0 = _snapshot(model)
+            opt.first_step(zero_grad=True)
+            wp = _snapshot(model)
+            with frozen_bn_stats(model), rec.recording() as at_wp:
+                _seed(seed, dev)
+                torch.autograd.backward(loss_fn(model(inputs), targets))
+            opt.second_step(zero_grad=True)
+            w1 = _snapshot(model)
+            with torch.no_grad(), frozen_bn_stats(model):
+                for name, mod in modules.items():
+                    key = name or "(root)"
+                    calls, pert_calls = at_w[name], at_wp[name]
+                    out[(t, key, "activation")] = _rms([o for _, _, o in calls])
+                    out[(t, key, "total_perturbation")] = (
+                        _rms(
+                            [p - o for (_, _, o), (_, _, p) in zip(calls, pert_calls, strict=True)]
+                        )
+                        if len(pert_calls) == len(calls)
+                        else math.nan
+                    )
+                    eff, upd = [], []
+                    for args, kwargs, _ in calls:
+                        base = _call(mod, w0, w0, args, kwargs, seed, dev)
+                        eff.append(_call(mod, w0, wp, args, kwargs, seed, dev) - base)
+                        upd.append(_call(mod, w0, w1, args, kwargs, seed, dev) - base)
+                    out[(t, key, "effective_perturbation")] = _rms(eff)
+                    out[(t, key, "update")] = _rms(upd)
+    finally:
+        rec.remove()
+    return out
+
+
+def coord_check(
+    factory: ModelFactory,
+    widths: Sequence[int],
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    scheme: str | Scheme = "mup-sgd",
+    rule: str = "sam",
+    scaling: str = "mup2",
+    rho: float = 0.1,
+    lr: float = 0.1,
+    eta: float = 0.01,
+    steps: int = 1,
+    seeds: Sequence[int] = (0,),
+    loss_fn: LossFn = F.cross_entropy,
+    base_width: int | None = None,
+    base_optimizer: type[torch.optim.Optimizer] = torch.optim.SGD,
+    base_kwargs: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Override | str | Role | Mapping[str, Any]] | None = None,
+    optimizer: Callable[[list[dict[str, Any]]], SAM] | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> CoordCheck:
+    """Run ``steps`` SAM steps on the fixed batch ``(inputs, targets)`` at every width and seed,
+    measuring every parametrized module (see the module docstring).
+
+    ``factory(width)`` builds the model (the user's factory; its modules are never edited). Each
+    model is cast to ``dtype`` (float64 by default, so that ``eps = w_pert - w`` is exact
+    enough at large width), parametrized by ``scheme`` against ``factory(base_width)`` (default:
+    the smallest width), initialized with the seed and trained with ``mup2.SAM(rho, rule,
+    scaling, eta)`` around ``base_optimizer`` at base LR ``lr``, or by ``optimizer(groups)``
+    when given (e.g. ``partial(mup2.LightSAM, variant="adam", lr=1e-3, rho=0.1)``; ``rule`` and
+    ``scaling`` are then read from the optimizer it builds). Values are averaged over ``seeds``.
+    Raises ``ValueError`` for fewer than 3 or non-increasing widths, and for a factory whose
+    models do not differ in width.
+    """
+    ws = _check_widths(widths)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    if optimizer is None:
+        perturb_scaling(rule, scaling)  # fail early on an unknown rule or scaling
+    sch = get_scheme(scheme)
+    base_w = ws[0] if base_width is None else base_width
+    if isinstance(base_w, bool) or not isinstance(base_w, int) or base_w < 1:
+        raise ValueError(f"base_width must be a positive integer, got {base_w!r}")
+    inputs, targets = inputs.detach(), targets.detach()
+    if inputs.is_floating_point():
+        inputs = inputs.to(dtype)
+    sums: dict[tuple[int, str, str], list[float]] = {}
+    layers: tuple[Layer, ...] = ()
+    cuda = [inputs.device.index or 0] if inputs.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # the caller's RNG state is left as it was
+        base = _check_factory(factory, ws, base_w)
+        for w_i, width in enumerate(ws):
+            for seed in seeds:
+                torch.manual_seed(seed)
+                model = factory(width).to(dtype)
+                p = Parametrization.infer(model, base, sch, overrides=overrides)
+                no_norm = not any(t.shape.norm for t in p.tensors.values())
+                if optimizer is None and rule == "sam-on" and no_norm:
+                    raise ValueError(
+                        "rule 'sam-on' perturbs only normalization parameters and the model has "
+                        "none: give it normalization layers, e.g. MLP(width, norm='layer')"
+                    )
+                p.init_(model, seed=seed)
+                modules = _param_modules(model)
+                if width == ws[-1] and not layers:
+                    layers = tuple(_layer(n, m, p) for n, m in modules.items())
+                groups = p.param_groups(model, lr=lr)
+                if optimizer is None:
+                    opt = SAM(
+                        groups,
+                        base_optimizer,
+                        rho=rho,
+                        rule=rule,
+                        scaling=scaling,
+                        eta=eta,
+                        restore="copy",
+                        **dict(base_kwargs or {}),
+                    )
+                else:
+                    opt = optimizer(groups)
+                    rule, scaling = opt.rule, opt.scaling
+                run = _measure_run(model, opt, modules, inputs, targets, loss_fn, steps, seed)
+                for key, v in run.items():
+                    sums.setdefault(key, [0.0] * len(ws))[w_i] += v / len(seeds)
+    return CoordCheck(
+        scheme=sch.name,
+        rule=rule,
+        scaling=scaling,
+        widths=ws,
+        seeds=tuple(seeds),
+        steps=steps,
+        rho=rho,
+        lr=lr,
+        layers=layers,
+        values={k: tuple(v) for k, v in sums.items()},
+    )
