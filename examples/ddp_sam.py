@@ -5,9 +5,9 @@ Run: ``torchrun --nproc-per-node=2 --master-addr=127.0.0.1 examples/ddp_sam.py``
 
 Each replica perturbs its weights with its *own* first-pass gradient: the first forward and
 backward run under ``model.no_sync()``, so no all-reduce happens there. The second pass is an
-ordinary DDP backward (gradients averaged), the weights are restored exactly (``restore="copy"``,
-chosen automatically for a DDP model with per-replica perturbations, so rounding cannot make the
-replicas drift apart), and every replica takes the same base step. Pass ``sync_perturbation=True``
+ordinary DDP backward (gradients averaged), the weights are restored exactly (the default
+``restore="copy"``, so rounding cannot make the replicas drift apart), and every replica takes
+the same base step. Pass ``sync_perturbation=True``
 to share one perturbation computed from the averaged gradient instead.
 """
 

@@ -247,3 +247,15 @@ def test_param_groups_check_the_model() -> None:
     p = Parametrization.infer(mlp(64), mlp(16))
     with pytest.raises(ShapeError, match=r"0\.weight: model shape \[32, 12\] but .* \[64, 12\]"):
         p.param_groups(mlp(32))
+
+
+def test_weight_scale_follows_the_init_std() -> None:
+    """The per-group ``weight_scale`` (the ASAM offset's μP² multiplier) is the init std ratio."""
+    for scheme, expected in (
+        ("mup-sgd", {"0.weight": 1.0, "2.weight": 0.5, "4.weight": 0.25, "2.bias": 1.0}),
+        ("sp", {"0.weight": 1.0, "2.weight": 0.5, "4.weight": 0.5, "2.bias": 0.5}),
+    ):
+        model = mlp(64)
+        groups = Parametrization.infer(model, mlp(16), scheme).param_groups(model)
+        got = {n: g["weight_scale"] for g in groups for n in g["names"]}
+        assert {n: got[n] for n in expected} == pytest.approx(expected), scheme

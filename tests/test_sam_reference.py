@@ -48,8 +48,8 @@ def reference_eps(groups: list[dict[str, Any]], rule: str, scaling: str) -> dict
             if rho == 0 or p.grad is None or (rule == "sam-on" and not g["norm"]):
                 continue
             w, grad = p.detach(), p.grad.detach()
-            if rule == "asam":
-                a = w.abs() + ETA
+            if rule == "asam":  # under μP², the offset scales like the tensor's entries
+                a = w.abs() + ETA * (g["weight_scale"] if scaling == "mup2" else 1.0)
             elif rule == "asam-layerwise":
                 a = torch.full_like(w, math.sqrt(float((w * w).sum())) + ETA)
             else:

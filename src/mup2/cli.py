@@ -60,7 +60,13 @@ def coordcheck(
         ),
     ] = None,
     scheme: Annotated[str, typer.Option(help="sp or mup (μP for SGD)")] = "mup",
-    rule: Annotated[str, typer.Option(help="sam, asam, asam-layerwise or sam-on")] = "sam",
+    rule: Annotated[
+        str,
+        typer.Option(
+            help="sam, asam, asam-layerwise, sam-on, lightsam-adagrad-norm, lightsam-adagrad "
+            "or lightsam-adam"
+        ),
+    ] = "sam",
     scaling: Annotated[
         list[str] | None,
         typer.Option(
@@ -69,6 +75,9 @@ def coordcheck(
     ] = None,
     rho: Annotated[float, typer.Option(help="perturbation radius")] = 0.1,
     lr: Annotated[float, typer.Option(help="base SGD learning rate")] = 0.1,
+    adaptive_lr: Annotated[
+        float, typer.Option(help="learning rate of LightSAM's AdaGrad and Adam variants")
+    ] = 1e-3,
     eta: Annotated[float, typer.Option(help="ASAM offset")] = 0.01,
     steps: Annotated[int, typer.Option(help="SAM steps; slopes are reported at the last")] = 3,
     seeds: Annotated[int, typer.Option(help="average over seeds 0..N-1")] = 3,
@@ -97,6 +106,7 @@ def coordcheck(
         table1,
     )
     from mup2.models.mlp import MLP
+    from mup2.schemes import LIGHTSAM_RULES
 
     try:
         if model != "mlp":
@@ -108,7 +118,7 @@ def coordcheck(
         except ValueError:
             raise ValueError(f"--widths must be comma-separated integers, got {widths!r}") from None
         scalings = list(scaling or TABLE1_SCALINGS)
-        rules = list(TABLE1_RULES) if table else [rule]
+        rules = [*TABLE1_RULES, *LIGHTSAM_RULES] if table else [rule]
         norm_ = norm or ("layer" if table or rule == "sam-on" else "none")
         if norm_ not in ("none", "layer", "batch"):
             raise ValueError(f"--norm must be none, layer or batch, not {norm_!r}")
@@ -118,20 +128,29 @@ def coordcheck(
         x = torch.randn(batch_size, in_features, generator=gen)
         y = torch.randint(0, 10, (batch_size,), generator=gen)
         factory = partial(MLP, depth=depth, in_features=in_features, norm=norm_)  # type: ignore[arg-type]
-        results = table1(
-            factory,
-            ws,
-            x,
-            y,
-            rules=rules,
-            scalings=scalings,
-            scheme=scheme,
-            rho=rho,
-            lr=lr,
-            eta=eta,
-            steps=steps,
-            seeds=range(seeds),
-        )
+        adam_like = ("lightsam-adagrad", "lightsam-adam")
+        results = [
+            res
+            for rule_set, rate in (
+                ([r for r in rules if r not in adam_like], lr),
+                ([r for r in rules if r in adam_like], adaptive_lr),
+            )
+            if rule_set
+            for res in table1(
+                factory,
+                ws,
+                x,
+                y,
+                rules=rule_set,
+                scalings=scalings,
+                scheme=scheme,
+                rho=rho,
+                lr=rate,
+                eta=eta,
+                steps=steps,
+                seeds=range(seeds),
+            )
+        ]
     except ValueError as e:
         typer.echo(f"Error: {e}", err=True)
         raise typer.Exit(2) from None

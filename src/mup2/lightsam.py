@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from mup2.adagrad_norm import AdaGradNorm
-from mup2.sam import SAM, Restore
+from mup2.perturb import norms
+from mup2.sam import SAM, Restore, _Plan
 
 __all__ = ["LightSAM", "Variant"]
 
@@ -53,7 +54,7 @@ class LightSAM(SAM):
         weight_decay: float = 0.0,
         bias_correction: bool = True,
         ascent_beta1: float = 0.0,
-        restore: Restore = "auto",
+        restore: Restore = "copy",
         model: nn.Module | None = None,
         sync_perturbation: bool = False,
     ) -> None:
@@ -97,49 +98,31 @@ class LightSAM(SAM):
         value: Tensor = state[key]
         return value
 
-    def _perturbation(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        rho: Tensor,
-        c: Tensor,
-        s: Tensor,
-        out: list[Tensor],
-    ) -> None:
-        k = rho * c
+    def _perturbation(self, plan: _Plan, grads: list[Tensor]) -> tuple[list[Tensor], Tensor, bool]:
+        params, k = plan.params, plan.rho * plan.c
         if self.variant == "adagrad-norm":
             accs = [self._state(p, "ascent_u", 0.0, scalar=True) for p in params]
-            sq = torch.stack(torch._foreach_norm(grads)).to(accs[0].dtype) ** 2
-            torch._foreach_add_(accs, list((s * sq).unbind()))
+            sq = norms(grads, accs[0]) ** 2
+            torch._foreach_add_(accs, list((plan.s.to(sq.dtype) * sq).unbind()))
             every = [st["ascent_u"] for st in self.state.values() if "ascent_u" in st]
-            scale = k / torch.sqrt(torch.stack(every).sum() + self.eps0**2)
-            torch._foreach_copy_(out, grads)
-        elif self.variant == "adagrad":
+            return list(grads), k / torch.sqrt(torch.stack(every).sum() + self.eps0**2), True
+        if self.variant == "adagrad":
             accs = [self._state(p, "ascent_u", self.eps0**2) for p in params]
             torch._foreach_addcmul_(accs, grads, grads)
-            torch._foreach_copy_(out, grads)
-            torch._foreach_div_(out, torch._foreach_sqrt(accs))
-            scale = k
-        else:
-            accs = [self._state(p, "ascent_u", 0.0) for p in params]
-            steps = [self._state(p, "ascent_step", 0.0, scalar=True) for p in params]
-            torch._foreach_add_(steps, 1.0)
-            torch._foreach_mul_(accs, self.beta2)
-            torch._foreach_addcmul_(accs, grads, grads, value=1.0 - self.beta2)
-            t = torch.stack(steps)
-            bc1 = 1.0 - self.ascent_beta1**t if self.ascent_beta1 else torch.ones_like(t)
-            bc2 = 1.0 - self.beta2**t
-            if not self.bias_correction:
-                bc1, bc2 = torch.ones_like(t), torch.ones_like(t)
-            if self.ascent_beta1:
-                moms = [self._state(p, "ascent_m", 0.0) for p in params]
-                torch._foreach_lerp_(moms, grads, 1.0 - self.ascent_beta1)
-                torch._foreach_copy_(out, moms)
-            else:
-                torch._foreach_copy_(out, grads)
-            denom = torch._foreach_sqrt(accs)
-            torch._foreach_div_(denom, list(torch.sqrt(bc2).unbind()))
-            torch._foreach_add_(denom, self.ascent_eps)
-            torch._foreach_div_(out, denom)
-            scale = k / bc1
-        torch._foreach_mul_(out, list(scale.unbind()))
+            return list(torch._foreach_div(grads, torch._foreach_sqrt(accs))), k, True
+        accs = [self._state(p, "ascent_u", 0.0) for p in params]
+        steps = [self._state(p, "ascent_step", 0.0, scalar=True) for p in params]
+        torch._foreach_add_(steps, 1.0)
+        torch._foreach_mul_(accs, self.beta2)
+        torch._foreach_addcmul_(accs, grads, grads, value=1.0 - self.beta2)
+        t = torch.stack(steps)
+        denom = torch._foreach_sqrt(accs)
+        if self.bias_correction:
+            torch._foreach_div_(denom, list(torch.sqrt(1.0 - self.beta2**t).unbind()))
+        torch._foreach_add_(denom, self.ascent_eps)
+        if not self.ascent_beta1:
+            return list(torch._foreach_div(grads, denom)), k, True
+        moms = [self._state(p, "ascent_m", 0.0) for p in params]
+        torch._foreach_lerp_(moms, grads, 1.0 - self.ascent_beta1)
+        bc1 = 1.0 - self.ascent_beta1**t if self.bias_correction else torch.ones_like(t)
+        return list(torch._foreach_div(moms, denom)), k / bc1.to(k.dtype), False

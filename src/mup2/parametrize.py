@@ -74,6 +74,7 @@ class TensorSpec:
     lr_mult: float
     wd_mult: float = 1.0
     rho_mult: float = 1.0
+    weight_scale: float = 1.0  # how the tensor's entries scale relative to the base (init std)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +84,7 @@ class TensorSpec:
             "lr_mult": self.lr_mult,
             "wd_mult": self.wd_mult,
             "rho_mult": self.rho_mult,
+            "weight_scale": self.weight_scale,
         }
 
     @classmethod
@@ -94,6 +96,7 @@ class TensorSpec:
             lr_mult=float(d["lr_mult"]),
             wd_mult=float(d["wd_mult"]),
             rho_mult=float(d["rho_mult"]),
+            weight_scale=float(d.get("weight_scale", 1.0)),
         )
 
 
@@ -184,6 +187,10 @@ class Parametrization:
             lr_mult = o.lr_mult
             if lr_mult is None:
                 lr_mult = scheme.lr_mult(ts.role, ts.m_in, ts.m_out)
+            scale = scheme.init_mult(ts.role, ts.m_in, ts.m_out)
+            if scale is None:  # SP: the default init's own change with width
+                drawn = cur_rule.kind in ("uniform", "normal") and base_rule.value > 0
+                scale = cur_rule.value / base_rule.value if drawn else 1.0
             tensors[name] = TensorSpec(
                 ts,
                 rule,
@@ -191,6 +198,7 @@ class Parametrization:
                 lr_mult,
                 1.0 if o.wd_mult is None else o.wd_mult,
                 1.0 if o.rho_mult is None else o.rho_mult,
+                scale,
             )
         widths = [t.shape.width for t in tensors.values() if t.shape.role is not Role.SCALAR]
         return cls(scheme, tensors, mode(widths) if widths else 1.0, wd_policy)
@@ -241,13 +249,23 @@ class Parametrization:
         which schedulers may change; the multiplier is applied at step time by
         :func:`mup2.attach_lr_multipliers` or :class:`mup2.SAM`), ``lr_mult``, ``weight_decay``
         (after ``wd_mult`` and the decay policy), and the metadata SAM needs: ``role``,
-        ``m_in``, ``m_out``, ``width_mult``, ``rho_mult``, ``norm`` and ``names``.
+        ``m_in``, ``m_out``, ``width_mult``, ``rho_mult``, ``weight_scale`` (the init std's
+        change with width; scales the ASAM offset under μP²), ``norm`` and ``names``.
         """
         params = self._params(model)
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         for name, spec in self.tensors.items():
             ts = spec.shape
-            key = (ts.role, ts.m_in, ts.m_out, spec.lr_mult, spec.wd_mult, spec.rho_mult, ts.norm)
+            key = (
+                ts.role,
+                ts.m_in,
+                ts.m_out,
+                spec.lr_mult,
+                spec.wd_mult,
+                spec.rho_mult,
+                spec.weight_scale,
+                ts.norm,
+            )
             if key not in groups:
                 g: dict[str, Any] = {
                     "params": [],
@@ -258,6 +276,7 @@ class Parametrization:
                     "m_out": ts.m_out,
                     "width_mult": self.width_mult,
                     "rho_mult": spec.rho_mult,
+                    "weight_scale": spec.weight_scale,
                     "norm": ts.norm,
                 }
                 if lr is not None:

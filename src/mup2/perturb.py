@@ -4,8 +4,8 @@ For the perturbed tensors ``W`` (math note, sections 3 and 4)::
 
     eps_W = rho_W**2 * c_W * A_W**2 * g_W / sqrt(sum_V rho_V**2 * s_V * ||A_V * g_V||**2)
 
-``A`` is the rule's factor (1 for SAM and SAM-ON, ``|W| + eta`` for elementwise ASAM,
-``||W||_F + eta`` for layerwise ASAM); ``c``/``s`` come from :func:`mup2.schemes.perturb_scaling`.
+``A`` is the rule's factor (1 for SAM and SAM-ON, ``|W| + eta_W`` for elementwise ASAM,
+``||W||_F + eta_W`` for layerwise ASAM); ``c``/``s`` come from :func:`mup2.schemes.perturb_scaling`.
 This is steepest ascent in the weighted norm ``sum_V ||eps_V||**2 / (rho_V**2 s_V A_V**2)`` when
 ``c = s``; with one ``rho`` it is ``rho * c * A**2 * g / ||sqrt(s) * A * g||``. A per-group
 ``rho`` thus sets that group's radius in the joint norm (a group alone gets radius ``rho``).
@@ -19,49 +19,50 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["compute_perturbation"]
+__all__ = ["norms", "perturbation_direction", "safe_divide"]
 
 
-def _stack(xs: Sequence[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
-    return torch.stack([x.to(device=device, dtype=dtype) for x in xs])
+def norms(tensors: Sequence[Tensor], like: Tensor) -> Tensor:
+    """The Frobenius norms of ``tensors`` as one 1-D tensor with ``like``'s device and dtype."""
+    ns = torch._foreach_norm(list(tensors))
+    if all(n.dtype == ns[0].dtype and n.device == ns[0].device for n in ns):
+        return torch.stack(ns).to(device=like.device, dtype=like.dtype)
+    return torch.stack([n.to(device=like.device, dtype=like.dtype) for n in ns])
 
 
-def compute_perturbation(
+def safe_divide(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` where a zero, non-finite or NaN denominator gives 0 (no step, no NaN)."""
+    out = num / den.clamp_min(torch.finfo(den.dtype).tiny)
+    return torch.nan_to_num_(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def perturbation_direction(
     rule: str,
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
     rho2c: Tensor,
     rho2s: Tensor,
-    out: Sequence[Tensor],
-    eta: float = 0.01,
-) -> None:
-    """Write ``eps_W`` for each tensor into ``out`` (same shapes as ``params``).
+    eta: Sequence[float],
+) -> tuple[list[Tensor], Tensor]:
+    """``(d, k)`` with ``eps_W = k_W * d_W``.
 
-    ``rho2c``/``rho2s``: 1-D tensors of ``rho_W**2 c_W`` and ``rho_W**2 s_W``, one entry per
-    tensor, on the device where the scale is computed (that of ``params[0]``).
+    ``d`` is ``grads`` itself (SAM, SAM-ON, layerwise ASAM: callers must not modify it) or a new
+    list ``A**2 g`` (elementwise ASAM). ``rho2c``/``rho2s``: 1-D, ``rho_W**2 c_W`` and
+    ``rho_W**2 s_W`` per tensor; ``eta``: the ASAM offset of each tensor. ``k`` has their device
+    and dtype; under SAM, SAM-ON and elementwise ASAM it is proportional to ``rho2c``.
     """
-    device, dtype = rho2c.device, rho2c.dtype
-    torch._foreach_copy_(list(out), list(grads))
+    if rule in ("sam", "sam-on"):
+        sq = norms(grads, rho2c) ** 2
+        return list(grads), safe_divide(rho2c, torch.sqrt(torch.sum(rho2s * sq)))
     if rule == "asam":
         a = torch._foreach_abs(list(params))
-        torch._foreach_add_(a, eta)
-        torch._foreach_mul_(list(out), a)  # A g
-        sq = _stack(torch._foreach_norm(list(out)), device, dtype) ** 2
-        torch._foreach_mul_(list(out), a)  # A^2 g
-        num = rho2c
-    elif rule == "asam-layerwise":
-        a2 = (_stack(torch._foreach_norm(list(params)), device, dtype) + eta) ** 2
-        sq = a2 * _stack(torch._foreach_norm(list(grads)), device, dtype) ** 2
-        num = rho2c * a2
-    elif rule in ("sam", "sam-on"):
-        sq = _stack(torch._foreach_norm(list(grads)), device, dtype) ** 2
-        num = rho2c
-    else:
-        raise ValueError(f"unknown SAM rule {rule!r}")
-    norm = torch.sqrt(torch.sum(rho2s * sq))
-    scale = num / norm.clamp_min(torch.finfo(dtype).tiny)
-    scale = torch.where(torch.isfinite(norm), scale, torch.zeros_like(scale))
-    scales = list(scale.unbind())
-    if any(o.device != device for o in out):
-        scales = [s.to(o.device) for s, o in zip(scales, out, strict=True)]
-    torch._foreach_mul_(list(out), scales)
+        torch._foreach_add_(a, list(eta))
+        d = list(torch._foreach_mul(list(grads), a))  # A g
+        sq = norms(d, rho2c) ** 2
+        torch._foreach_mul_(d, a)  # A^2 g
+        return d, safe_divide(rho2c, torch.sqrt(torch.sum(rho2s * sq)))
+    if rule == "asam-layerwise":
+        a2 = (norms(params, rho2c) + torch.tensor(eta, dtype=rho2c.dtype, device=rho2c.device)) ** 2
+        sq = a2 * norms(grads, rho2c) ** 2
+        return list(grads), safe_divide(rho2c * a2, torch.sqrt(torch.sum(rho2s * sq)))
+    raise ValueError(f"unknown SAM rule {rule!r}")

@@ -7,8 +7,9 @@ momentum and gradient clipping act only in the base step; the ascent uses the lo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -16,13 +17,13 @@ from torch import Tensor, nn
 
 from mup2.lr import attach_lr_multipliers
 from mup2.passes import frozen_bn_stats, no_sync
-from mup2.perturb import compute_perturbation
+from mup2.perturb import perturbation_direction
 from mup2.schemes import perturb_scaling
 from mup2.shapes import Role
 
 __all__ = ["SAM", "Restore"]
 
-Restore = Literal["auto", "subtract", "copy"]
+Restore = Literal["copy", "subtract"]
 
 #: Group keys SAM reads, with their values for plain params (base width: μP² is plain SAM).
 _GROUP_DEFAULTS: dict[str, Any] = {
@@ -33,7 +34,46 @@ _GROUP_DEFAULTS: dict[str, Any] = {
     "width_mult": 1.0,
     "norm": False,
     "lr_mult": 1.0,
+    "weight_scale": 1.0,
 }
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The perturbable tensors with their buffers and factors, aligned; 1-D tensors per tensor.
+
+    ``buckets`` groups the indices of tensors with equal ``(rho, c)`` so that a scale
+    proportional to ``rho**2 c`` is applied with one multi-tensor call per bucket."""
+
+    params: list[Tensor]
+    bufs: list[Tensor]
+    rho: Tensor
+    c: Tensor
+    s: Tensor
+    eta: list[float]
+    keys: list[tuple[float, float]]
+    buckets: list[list[int]]
+
+    def subset(self, keep: Sequence[int]) -> _Plan:
+        keys = [self.keys[i] for i in keep]
+        idx = torch.tensor(keep, device=self.rho.device)
+        return _Plan(
+            [self.params[i] for i in keep],
+            [self.bufs[i] for i in keep],
+            self.rho[idx],
+            self.c[idx],
+            self.s[idx],
+            [self.eta[i] for i in keep],
+            keys,
+            _buckets(keys),
+        )
+
+
+def _buckets(keys: Sequence[tuple[float, float]]) -> list[list[int]]:
+    out: dict[tuple[float, float], list[int]] = {}
+    for i, key in enumerate(keys):
+        out.setdefault(key, []).append(i)
+    return list(out.values())
 
 
 class SAM(torch.optim.Optimizer):
@@ -49,12 +89,13 @@ class SAM(torch.optim.Optimizer):
         rule: ``"sam"``, ``"asam"`` (elementwise, ``|W| + eta``), ``"asam-layerwise"``
             (``||W||_F + eta``) or ``"sam-on"`` (only groups with ``norm=True`` are perturbed).
         scaling: ``"naive"``, ``"global"``, ``"mup2"`` (layerwise, balanced) or ``"mup2-coupled"``.
-        eta: the ASAM offset ``η_A``.
-        restore: how ``w`` is restored after the perturbed pass: ``"subtract"`` the persistent
-            perturbation buffer, or ``"copy"`` back a saved copy (exact; for fp16/bf16 weights,
-            per-replica DDP perturbations and fp16 GradScaler runs). ``"auto"``: ``copy`` for
-            half-precision parameters or a DDP ``model`` with per-replica perturbation, else
-            ``subtract``. Either way one parameter-sized buffer persists.
+        eta: the ASAM offset ``η_A``. For elementwise ASAM under ``mup2`` scaling each tensor's
+            offset is multiplied by its group's ``weight_scale`` (how its entries scale with
+            width), so that ``|W| + eta`` keeps its meaning at every width.
+        restore: how ``w`` is restored after the perturbed pass: ``"copy"`` (default) saves
+            ``w`` in the buffer and copies it back, exactly; ``"subtract"`` keeps ``eps`` in the
+            buffer and subtracts it (``w + eps - eps`` may differ from ``w`` by a rounding).
+            Either way one parameter-sized buffer persists.
         model: optional; :meth:`step` then runs the first pass under DDP ``no_sync`` (unless
             ``sync_perturbation``) and the second with frozen BatchNorm statistics.
         sync_perturbation: under DDP, all-reduce the first-pass gradients (one shared
@@ -71,7 +112,7 @@ class SAM(torch.optim.Optimizer):
         rule: str = "sam",
         scaling: str = "mup2",
         eta: float = 0.01,
-        restore: Restore = "auto",
+        restore: Restore = "copy",
         model: nn.Module | None = None,
         sync_perturbation: bool = False,
         **base_kwargs: Any,
@@ -80,8 +121,8 @@ class SAM(torch.optim.Optimizer):
             raise ValueError(f"rho must be >= 0, got {rho}")
         if not (eta >= 0.0):
             raise ValueError(f"eta must be >= 0, got {eta}")
-        if restore not in ("auto", "subtract", "copy"):
-            raise ValueError(f"restore must be 'auto', 'subtract' or 'copy', not {restore!r}")
+        if restore not in ("copy", "subtract"):
+            raise ValueError(f"restore must be 'copy' or 'subtract', not {restore!r}")
         self.scaling_table = perturb_scaling(rule, scaling)
         self.rule, self.scaling, self.eta = rule, scaling, eta
         self.model, self.sync_perturbation = model, sync_perturbation
@@ -98,21 +139,11 @@ class SAM(torch.optim.Optimizer):
                 "norm=True: build the groups with "
                 "mup2.Parametrization.infer(...).param_groups(model)"
             )
-        ddp_per_replica = isinstance(model, nn.parallel.DistributedDataParallel) and not (
-            sync_perturbation
-        )
-        low = any(
-            p.dtype in (torch.float16, torch.bfloat16)
-            for g in self.param_groups
-            for p in g["params"]
-        )
-        self.restore: Literal["subtract", "copy"] = (
-            ("copy" if low or ddp_per_replica else "subtract") if restore == "auto" else restore
-        )
+        self.restore: Restore = restore
         self._buffers: dict[Tensor, Tensor] = {}
-        self._perturbed: list[Tensor] = []
+        self._perturbed: tuple[list[Tensor], list[Tensor]] | None = None  # (params, buffers)
         self._plan_key: tuple[Any, ...] | None = None
-        self._plan: tuple[list[Tensor], Tensor, Tensor, Tensor] | None = None
+        self._plan: _Plan | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -122,13 +153,14 @@ class SAM(torch.optim.Optimizer):
 
     # -- the perturbation -----------------------------------------------------------------
 
-    def _factors(self) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
-        """Perturbable tensors and their ``rho``, ``c`` and ``s`` (1-D, one entry per tensor);
-        cached until a group's ``rho`` changes."""
+    def _factors(self) -> _Plan:
+        """The perturbable tensors, their buffers and factors; cached until a ``rho`` changes."""
         key = tuple((g["rho"], g["rho_mult"], len(g["params"])) for g in self.param_groups)
         if key != self._plan_key or self._plan is None:
             params: list[Tensor] = []
-            rho_c_s: list[tuple[float, float, float]] = []
+            rows: list[tuple[float, float, float]] = []
+            eta: list[float] = []
+            scaled_eta = self.rule == "asam" and self.scaling == "mup2"
             for g in self.param_groups:
                 rho = g["rho"] * g["rho_mult"]
                 if rho == 0.0 or (self.rule == "sam-on" and not g["norm"]):
@@ -137,50 +169,59 @@ class SAM(torch.optim.Optimizer):
                 args = (g["m_in"], g["m_out"], g["width_mult"])
                 c, s = self.scaling_table.c[role](*args), self.scaling_table.s[role](*args)
                 params += g["params"]
-                rho_c_s += [(rho, c, s)] * len(g["params"])
+                rows += [(rho, c, s)] * len(g["params"])
+                eta += [self.eta * (g["weight_scale"] if scaled_eta else 1.0)] * len(g["params"])
             dev = params[0].device if params else torch.device("cpu")
             dt = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
-            table = torch.tensor(rho_c_s, device=dev, dtype=dt).reshape(-1, 3)
-            self._plan = (params, table[:, 0], table[:, 1], table[:, 2])
+            table = torch.tensor(rows, device=dev, dtype=dt).reshape(-1, 3)
+            keys = [(r, c) for r, c, _ in rows]
+            bufs = [self._buffer(p) for p in params]
+            self._plan = _Plan(
+                params, bufs, table[:, 0], table[:, 1], table[:, 2], eta, keys, _buckets(keys)
+            )
             self._plan_key = key
         return self._plan
 
-    def _perturbation(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        rho: Tensor,
-        c: Tensor,
-        s: Tensor,
-        out: list[Tensor],
-    ) -> None:
-        """Write ``eps`` of every tensor into ``out`` (the ascent; LightSAM overrides it)."""
-        rho2 = rho * rho
-        compute_perturbation(self.rule, params, grads, rho2 * c, rho2 * s, out, self.eta)
+    def _perturbation(self, plan: _Plan, grads: list[Tensor]) -> tuple[list[Tensor], Tensor, bool]:
+        """The ascent: ``(d, k, bucketed)`` with ``eps_W = k_W d_W`` (see
+        :func:`mup2.perturb.perturbation_direction`); ``bucketed``: ``k`` is constant within
+        each of ``plan.buckets``. LightSAM overrides it."""
+        rho2 = plan.rho * plan.rho
+        d, k = perturbation_direction(
+            self.rule, plan.params, grads, rho2 * plan.c, rho2 * plan.s, plan.eta
+        )
+        return d, k, self.rule != "asam-layerwise"
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """Move to ``w + eps`` using the current gradients (tensors without one stay put)."""
-        if self._perturbed:
+        if self._perturbed is not None:
             raise RuntimeError("first_step() called twice without second_step() in between")
-        params, rho, c, s = self._factors()
-        present = [i for i, p in enumerate(params) if p.grad is not None]
-        if present:
-            if len(present) < len(params):
-                idx = torch.tensor(present, device=rho.device)
-                params = [params[i] for i in present]
-                rho, c, s = rho[idx], c[idx], s[idx]
-            grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
-            bufs = [self._buffer(p) for p in params]
-            if self.restore == "subtract":
-                self._perturbation(params, grads, rho, c, s, bufs)
-                torch._foreach_add_(params, bufs)
+        plan = self._factors()
+        grads = [p.grad for p in plan.params]
+        if any(g is None for g in grads):
+            plan = plan.subset([i for i, g in enumerate(grads) if g is not None])
+            grads = [p.grad for p in plan.params]
+        if plan.params:
+            d, k, bucketed = self._perturbation(plan, grads)  # type: ignore[arg-type]
+            groups = (
+                [(idx, k[idx[0]]) for idx in plan.buckets]
+                if bucketed
+                else [(list(range(len(d))), list(k.unbind()))]
+            )
+            if self.restore == "copy":
+                torch._foreach_copy_(plan.bufs, plan.params)
+                for idx, scale in groups:
+                    scales = scale if isinstance(scale, list) else [scale] * len(idx)
+                    torch._foreach_addcmul_(
+                        [plan.params[i] for i in idx], [d[i] for i in idx], scales
+                    )
             else:
-                eps = [torch.empty_like(p) for p in params]
-                self._perturbation(params, grads, rho, c, s, eps)
-                torch._foreach_copy_(bufs, params)
-                torch._foreach_add_(params, eps)
-            self._perturbed = params
+                torch._foreach_copy_(plan.bufs, d)
+                for idx, scale in groups:
+                    torch._foreach_mul_([plan.bufs[i] for i in idx], scale)
+                torch._foreach_add_(plan.params, plan.bufs)
+            self._perturbed = (plan.params, plan.bufs)
         if zero_grad:
             self.zero_grad()
 
@@ -193,13 +234,13 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def unperturb(self) -> None:
         """Restore exactly the tensors that :meth:`first_step` perturbed."""
-        if self._perturbed:
-            bufs = [self._buffers[p] for p in self._perturbed]
+        if self._perturbed is not None:
+            params, bufs = self._perturbed
             if self.restore == "subtract":
-                torch._foreach_sub_(self._perturbed, bufs)
+                torch._foreach_sub_(params, bufs)
             else:
-                torch._foreach_copy_(self._perturbed, bufs)
-            self._perturbed = []
+                torch._foreach_copy_(params, bufs)
+            self._perturbed = None
 
     @torch.no_grad()
     def second_step(

@@ -23,7 +23,8 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,10 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mup2.lightsam import LightSAM, Variant
 from mup2.parametrize import Override, Parametrization
 from mup2.passes import frozen_bn_stats
 from mup2.sam import SAM
-from mup2.schemes import Scheme, get_scheme, perturb_scaling
+from mup2.schemes import LIGHTSAM_RULES, MUP_ADAM, MUP_SGD, Scheme, get_scheme, perturb_scaling
 from mup2.shapes import NORM_TYPES, Role, normalize_name
 
 __all__ = [
@@ -458,7 +460,10 @@ def coord_check(
     the smallest width), initialized with the seed and trained with ``mup2.SAM(rho, rule,
     scaling, eta)`` around ``base_optimizer`` at base LR ``lr``, or by ``optimizer(groups)``
     when given (e.g. ``partial(mup2.LightSAM, variant="adam", lr=1e-3, rho=0.1)``; ``rule`` and
-    ``scaling`` are then read from the optimizer it builds). Values are averaged over ``seeds``.
+    ``scaling`` are then read from the optimizer it builds). A LightSAM ``rule``
+    (``lightsam-adam``, ...) builds :class:`mup2.LightSAM` with ``lr`` and ``rho``; its
+    elementwise variants are Adam-like, so ``mup-sgd`` then means ``mup-adam``.
+    Values are averaged over ``seeds``.
     Raises ``ValueError`` for fewer than 3 or non-increasing widths, and for a factory whose
     models do not differ in width.
     """
@@ -470,6 +475,13 @@ def coord_check(
     if optimizer is None:
         perturb_scaling(rule, scaling)  # fail early on an unknown rule or scaling
     sch = get_scheme(scheme)
+    if optimizer is None and rule in LIGHTSAM_RULES:
+        variant = rule.removeprefix("lightsam-")
+        optimizer = partial(
+            LightSAM, variant=cast(Variant, variant), lr=lr, rho=rho, scaling=scaling
+        )
+        if sch is MUP_SGD and variant != "adagrad-norm":
+            sch = MUP_ADAM
     base_w = ws[0] if base_width is None else base_width
     if isinstance(base_w, bool) or not isinstance(base_w, int) or base_w < 1:
         raise ValueError(f"base_width must be a positive integer, got {base_w!r}")

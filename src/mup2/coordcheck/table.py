@@ -35,6 +35,9 @@ RULE_NAMES = {
     "sam-on": "SAM-ON",
     "asam": "elementwise ASAM",
     "asam-layerwise": "layerwise ASAM",
+    "lightsam-adagrad-norm": "LightSAM AdaGrad-Norm",
+    "lightsam-adagrad": "LightSAM AdaGrad",
+    "lightsam-adam": "LightSAM Adam",
 }
 _SCALING_NAMES = {
     "naive": "naive",
