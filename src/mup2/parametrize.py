@@ -26,6 +26,7 @@ from mup2.shapes import (
     match_patterns,
     named_parameters_with_owners,
     normalize_name,
+    unwrap,
 )
 
 __all__ = ["Override", "Parametrization", "TensorSpec", "WeightDecayPolicy"]
@@ -143,7 +144,7 @@ class Parametrization:
         scheme = get_scheme(scheme)
         shapes = infer_shapes(model, base)
         owners = {normalize_name(n): o[0] for n, _, o in named_parameters_with_owners(model)}
-        shipped = dict(getattr(model, "mup2_overrides", None) or {})
+        shipped = dict(getattr(unwrap(model), "mup2_overrides", None) or {})
         pairs = [
             (pat, Override.coerce(v))
             for src in (shipped, overrides or {})

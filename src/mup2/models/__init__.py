@@ -1,5 +1,8 @@
-"""Width-parametrized models whose roles mup2 infers without overrides."""
+"""Width-parametrized models whose roles mup2 infers without hand-written overrides."""
 
 from mup2.models.mlp import MLP
+from mup2.models.registry import MODELS, base_width, build_model
+from mup2.models.resnet import ResNet18
+from mup2.models.vit import ViT
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "MODELS", "ResNet18", "ViT", "base_width", "build_model"]
