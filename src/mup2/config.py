@@ -54,6 +54,7 @@ __all__ = [
     "ViTConfig",
     "load_config",
     "parse_config",
+    "read_config_file",
 ]
 
 
@@ -409,20 +410,25 @@ def parse_config(data: Mapping[str, Any]) -> TrainConfig:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a ``.toml``, ``.yaml`` or ``.yml`` file."""
+def read_config_file(path: str | Path) -> Any:
+    """The parsed contents of a ``.toml``, ``.yaml`` or ``.yml`` file (an empty file: ``{}``)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text)
-        else:
-            raise ConfigError(f"{path}: config files must end in .toml, .yaml or .yml")
+            return data if data is not None else {}
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    raise ConfigError(f"{path}: config files must end in .toml, .yaml or .yml")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a ``.toml``, ``.yaml`` or ``.yml`` file."""
     try:
-        return parse_config(data if data is not None else {})
+        return parse_config(read_config_file(path))
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None

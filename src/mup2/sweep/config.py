@@ -1,0 +1,142 @@
+"""The schema of a sweep (``mup2 sweep CONFIG``): a training config plus grids, validated.
+
+A sweep config has the keys ``name`` (the study), ``storage`` (an Optuna database URL; default:
+an SQLite file in the run directory), ``workers``, ``heartbeat_seconds``, ``max_retries``, the
+section ``train`` (a full :class:`mup2.config.TrainConfig`) and the section ``grid``. Each grid
+point overrides ``model.width``, ``optimizer.lr``, ``sam.rho``, ``seed``, the scheme and the
+perturbation scaling of ``train`` (see :data:`PARAMETRIZATIONS`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
+
+from mup2.config import ConfigError, TrainConfig, parse_config, read_config_file
+
+__all__ = [
+    "PARAMETRIZATIONS",
+    "GridConfig",
+    "SweepConfig",
+    "load_sweep_config",
+    "parse_sweep_config",
+]
+
+#: name -> (scheme family, perturbation scaling); ``mup`` is μP for the run's optimizer.
+PARAMETRIZATIONS: dict[str, tuple[Literal["sp", "mup"], str]] = {
+    "sp-naive": ("sp", "naive"),
+    "mup-naive": ("mup", "naive"),
+    "mup-global": ("mup", "global"),
+    "mup2": ("mup", "mup2"),
+    "sp-lp": ("sp", "mup2"),
+}
+
+Parametrization = Literal["sp-naive", "mup-naive", "mup-global", "mup2", "sp-lp"]
+
+
+def _increasing(values: list[Any], key: str) -> list[Any]:
+    if any(b <= a for a, b in itertools.pairwise(values)):
+        raise ValueError(f"grid.{key}: {values} must be strictly increasing")
+    return values
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GridConfig(_Section):
+    """The grid: every combination of the lists is one run (ρ = 0, the base optimizer, runs once
+    per scheme and is shared by the parametrizations of that scheme)."""
+
+    widths: Annotated[list[PositiveInt], Field(min_length=1)]
+    lr: Annotated[list[PositiveFloat], Field(min_length=1)]
+    rho: Annotated[list[NonNegativeFloat], Field(min_length=1)]
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0]
+    parametrizations: Annotated[list[Parametrization], Field(min_length=1)] = [
+        "sp-naive",
+        "mup-global",
+        "mup2",
+    ]
+
+    @field_validator("widths", "lr", "rho", "seeds")
+    @classmethod
+    def _sorted(cls, values: list[Any], info: Any) -> list[Any]:
+        return _increasing(values, info.field_name)
+
+    @field_validator("parametrizations")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"grid.parametrizations: {values} lists a name twice")
+        return values
+
+
+class SweepConfig(_Section):
+    """A validated sweep. ``train`` is the run every grid point starts from."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)]
+    storage: str | None = None
+    workers: PositiveInt = 1
+    heartbeat_seconds: PositiveInt = 10
+    max_retries: NonNegativeInt = 2
+    unstable_below: Annotated[float, Field(ge=0.0, le=1.0)] = 0.30
+    train: TrainConfig
+    grid: GridConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable copy (``parse_sweep_config(c.to_dict()) == c``)."""
+        return self.model_dump(mode="json")
+
+
+def parse_sweep_config(data: Mapping[str, Any]) -> SweepConfig:
+    """Validate a mapping; :class:`mup2.config.ConfigError` names every bad key (``train.`` keys
+    with their full dotted path)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a sweep config must be a mapping of keys, not {type(data).__name__}")
+    data = dict(data)
+    problems: list[str] = []
+    train: TrainConfig | None = None
+    if "train" not in data:
+        problems.append("train: required section is missing")
+    else:
+        try:
+            train = parse_config(data.pop("train"))
+        except ConfigError as exc:
+            problems += ["train." + line.strip() for line in str(exc).splitlines()[1:]]
+    try:
+        rest = SweepConfig.model_validate({**data, "train": train} if train else data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = ".".join(str(x) for x in err["loc"])
+            if key == "train":
+                continue  # reported above
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(msg if msg.startswith(f"{key}:") else f"{key}: {msg}")
+    if problems:
+        raise ConfigError("invalid sweep config:\n  " + "\n  ".join(problems))
+    return rest
+
+
+def load_sweep_config(path: str | Path) -> SweepConfig:
+    """Read and validate a ``.toml``, ``.yaml`` or ``.yml`` sweep config."""
+    try:
+        return parse_sweep_config(read_config_file(path))
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None

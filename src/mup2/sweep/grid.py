@@ -1,0 +1,69 @@
+"""Grid points of a sweep and the training config of each."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mup2.config import ConfigError, TrainConfig, parse_config
+from mup2.sweep.config import PARAMETRIZATIONS, SweepConfig
+
+__all__ = ["GridPoint", "expand", "scheme_of", "trial_config"]
+
+
+@dataclass(frozen=True, order=True)
+class GridPoint:
+    """One run of a sweep; ``parametrization`` is a key of :data:`PARAMETRIZATIONS`."""
+
+    parametrization: str
+    width: int
+    lr: float
+    rho: float
+    seed: int
+
+    def params(self) -> dict[str, Any]:
+        """The point as Optuna trial parameters."""
+        return asdict(self)
+
+
+def scheme_of(cfg: SweepConfig, parametrization: str) -> str:
+    """The scheme (``sp``, ``mup-sgd``, ``mup-adam``) a parametrization trains with."""
+    family, _ = PARAMETRIZATIONS[parametrization]
+    if family == "sp":
+        return "sp"
+    return "mup-sgd" if cfg.train.optimizer.name in ("sgd", "adagrad-norm") else "mup-adam"
+
+
+def expand(cfg: SweepConfig) -> list[GridPoint]:
+    """Every run of the grid, each exactly once. At ρ = 0 the scaling does not matter, so the
+    base-optimizer runs are made once per scheme, under the first parametrization of that
+    scheme in ``grid.parametrizations`` (the report shares them)."""
+    g = cfg.grid
+    first: dict[str, str] = {}
+    for name in g.parametrizations:
+        first.setdefault(scheme_of(cfg, name), name)
+    return [
+        GridPoint(name, width, lr, rho, seed)
+        for name in g.parametrizations
+        for width in g.widths
+        for lr in g.lr
+        for rho in g.rho
+        for seed in g.seeds
+        if rho > 0 or first[scheme_of(cfg, name)] == name
+    ]
+
+
+def trial_config(cfg: SweepConfig, point: GridPoint) -> TrainConfig:
+    """``cfg.train`` with the point's width, LR, ρ, seed, scheme and scaling (no progress bar,
+    no checkpoints: a trial that dies is rerun whole)."""
+    d = cfg.train.to_dict()
+    d["model"]["width"] = point.width
+    d["optimizer"]["lr"] = point.lr
+    d["sam"]["rho"] = point.rho
+    d["sam"]["scaling"] = PARAMETRIZATIONS[point.parametrization][1]
+    d["scheme"] = scheme_of(cfg, point.parametrization)
+    d.update(seed=point.seed, progress=False, checkpoint=False)
+    try:
+        return parse_config(d)
+    except ConfigError as exc:
+        raise ConfigError(f"grid point {point.params()}: {exc}") from None
