@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup lint test test-fast demo bench clean
+FMNIST_DIR := $(or $(MUP2_FASHION_MNIST_DIR),/usr/share/datasets/fashion-mnist)
+
+.PHONY: setup data lint test test-fast demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,7 +26,18 @@ test: lint
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-demo: setup
+# Fashion-MNIST from Debian's dataset-fashion-mnist package when it is missing (needs root).
+data:
+	@if ls $(FMNIST_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set" \
+		     "MUP2_FASHION_MNIST_DIR to a directory with the four IDX files"; exit 2; \
+	fi
+
+demo: setup data
 	$(BIN)/mup2 demo
 
 bench: setup

@@ -209,5 +209,114 @@ def train(
     typer.echo(json.dumps({"run_dir": str(out), **summary}))
 
 
+@app.command()
+def report(
+    storage: Annotated[
+        str, typer.Option(help="the sweep's Optuna storage: sqlite:///path.db or a PostgreSQL URL")
+    ],
+    study: Annotated[str, typer.Option(help="the sweep's study name")],
+    out: Annotated[
+        Path | None, typer.Option(help="output directory (default: reports/ and the study name)")
+    ] = None,
+    unstable_below: Annotated[
+        float, typer.Option(help="runs below this test accuracy count as unstable")
+    ] = 0.30,
+) -> None:
+    """Figure 1 (accuracy over (lr, rho) per width), the rho slice, the optima against width,
+    summary.md and trials.csv from a sweep's storage (see docs/report.md)."""
+    from mup2.report import ReportError, make_report
+
+    out_dir = out if out is not None else Path("reports") / study
+    try:
+        files = make_report(storage, study, out_dir, unstable_below=unstable_below)
+    except ReportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for p, t in files.analysis.transfers.items():
+        typer.echo(f"{p}: transfer {t.verdict} ({t.reason})")
+    for path in files.paths:
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def sweep(
+    config: Annotated[str, typer.Argument(help="sweep config: a .toml, .yaml or .yml file")],
+    run_dir: Annotated[
+        str | None,
+        typer.Option(help="directory for the SQLite store and the report (default: runs/NAME)"),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="local worker processes (default: the config's)")
+    ] = None,
+    report_: Annotated[
+        bool, typer.Option("--report/--no-report", help="write the report when done")
+    ] = True,
+) -> None:
+    """Run (or resume) a (width x lr x rho x seed x parametrization) sweep; see docs/sweeps.md."""
+    from mup2.config import ConfigError
+    from mup2.sweep import load_sweep_config, run_sweep
+
+    try:
+        cfg = load_sweep_config(config)
+        out = Path(run_dir) if run_dir is not None else Path("runs") / cfg.name
+        storage, state = run_sweep(cfg, out, workers=workers)
+    except (ConfigError, OSError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(
+        f"sweep {cfg.name}: {state.complete}/{state.total} runs finished "
+        f"({state.unstable} unstable, {state.failed} failed); store: {storage}"
+    )
+    if report_ and state.complete:
+        from mup2.report import make_report
+
+        files = make_report(storage, cfg.name, out / "report", cfg.unstable_below)
+        typer.echo(f"report: {files.summary.parent}")
+
+
+@app.command()
+def worker(
+    storage: Annotated[str, typer.Option(help="the sweep's Optuna storage URL")],
+    study: Annotated[str, typer.Option(help="the sweep's name")],
+    threads: Annotated[int, typer.Option(help="torch threads of this worker")] = 1,
+    max_trials: Annotated[int | None, typer.Option(help="stop after this many runs")] = None,
+) -> None:
+    """Join a running sweep from any machine that reaches its storage; runs until none is left."""
+    from mup2.sweep import run_worker
+
+    try:
+        ran = run_worker(storage, study, threads=threads, max_trials=max_trials)
+    except KeyError:
+        typer.echo(f"error: study {study!r} in {storage} is not a mup2 sweep", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"worker: ran {ran} trials")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/demo"),
+    workers: Annotated[int | None, typer.Option(help="local workers (default 2)")] = None,
+) -> None:
+    """The main job: a coordinate check, then a small Fashion-MNIST (lr, rho) sweep at three
+    widths (μP² against SP-naive and μP-global) and its report. Resumes if interrupted."""
+    from mup2.demo import run_demo
+
+    try:
+        run_demo(out, workers=workers, say=typer.echo)
+    except FileNotFoundError as exc:  # Fashion-MNIST is missing: the message says how to get it
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: run `mup2 demo` again to resume", err=True)
+        raise typer.Exit(130) from None
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Read a sweep's trials from its Optuna storage into a small typed table.
+
+Only the public Optuna API is used (``optuna.load_study``, ``Study.get_trials``). Every trial is
+kept, whatever its state, so that the summary can count failed and pending ones; the analysis
+uses the finished grid trials (:attr:`Run.done`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "GRID_KEYS",
+    "ReportError",
+    "Run",
+    "StudyNotFoundError",
+    "Sweep",
+    "load_sweep",
+    "redact",
+]
+
+GRID_KEYS = ("parametrization", "width", "lr", "rho", "seed")
+"""The parameters every grid trial carries."""
+
+
+class ReportError(Exception):
+    """The storage or the study cannot be reported on."""
+
+
+class StudyNotFoundError(ReportError, LookupError):
+    """The storage holds no study of that name."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trial of the sweep. Grid fields are ``None`` for trials without the grid parameters."""
+
+    number: int
+    state: str
+    """Optuna's state name: COMPLETE, FAIL, RUNNING, WAITING or PRUNED."""
+    parametrization: str | None
+    width: int | None
+    lr: float | None
+    rho: float | None
+    seed: int | None
+    status: str | None
+    """'ok' or 'unstable' (diverged), as the sweep recorded it."""
+    value: float | None
+    """The trial's objective: the final test accuracy (0.0 when it diverged)."""
+    test_accuracy: float | None
+    test_loss: float | None
+    seconds: float | None
+
+    @property
+    def grid(self) -> bool:
+        """Whether the trial carries all of :data:`GRID_KEYS`."""
+        return None not in (self.parametrization, self.width, self.lr, self.rho, self.seed)
+
+    @property
+    def done(self) -> bool:
+        """A finished grid trial with a value."""
+        return self.grid and self.state == "COMPLETE" and self.value is not None
+
+    @property
+    def accuracy(self) -> float:
+        """The value as an accuracy; a missing or non-finite value counts as 0 (diverged)."""
+        v = self.value
+        return v if v is not None and math.isfinite(v) else 0.0
+
+    def unstable(self, below: float) -> bool:
+        """Diverged, or an accuracy under ``below``."""
+        return self.status == "unstable" or self.accuracy < below
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The trials of one study and the parametrizations in display order."""
+
+    study: str
+    storage: str
+    """The storage URL with any password removed."""
+    runs: tuple[Run, ...]
+    parametrizations: tuple[str, ...]
+    name: str | None = None
+    """``study.user_attrs['sweep']['name']`` when the sweep recorded one."""
+    schemes: Mapping[str, str] = field(default_factory=dict)
+    """Parametrization -> scheme, from ``study.user_attrs['parametrizations']``: the
+    parametrizations of one scheme share their ρ = 0 (base optimizer) runs."""
+
+    @property
+    def done(self) -> tuple[Run, ...]:
+        """The finished grid trials."""
+        return tuple(r for r in self.runs if r.done)
+
+
+def redact(url: str) -> str:
+    """``url`` without the password of its ``user:password@`` part."""
+    return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", url)
+
+
+def _num(x: Any, kind: type[int] | type[float]) -> Any:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    return kind(x)
+
+
+def _run(t: Any) -> Run:
+    params: Mapping[str, Any] = t.params
+    attrs: Mapping[str, Any] = t.user_attrs
+    if not params:  # enqueued but not started: the fixed parameters wait in system_attrs
+        fixed = t.system_attrs.get("fixed_params", attrs.get("grid"))
+        params = fixed if isinstance(fixed, Mapping) else {}
+    par = params.get("parametrization")
+    status = attrs.get("status")
+    return Run(
+        number=int(t.number),
+        state=str(t.state.name),
+        parametrization=str(par) if par is not None else None,
+        width=_num(params.get("width"), int),
+        lr=_num(params.get("lr"), float),
+        rho=_num(params.get("rho"), float),
+        seed=_num(params.get("seed"), int),
+        status=str(status) if status is not None else None,
+        value=_num(t.value, float),
+        test_accuracy=_num(attrs.get("test_accuracy"), float),
+        test_loss=_num(attrs.get("test_loss"), float),
+        seconds=_num(attrs.get("seconds"), float),
+    )
+
+
+def _order(runs: tuple[Run, ...], config: Mapping[str, Any]) -> tuple[str, ...]:
+    grid = config.get("grid")
+    listed = grid.get("parametrizations") if isinstance(grid, Mapping) else None
+    order = [str(p) for p in listed] if isinstance(listed, list | tuple) else []
+    seen = {r.parametrization for r in runs if r.grid}
+    order = [p for p in dict.fromkeys(order) if p in seen]
+    for r in runs:
+        if r.grid and r.parametrization not in order:
+            order.append(r.parametrization)  # type: ignore[arg-type]
+    return tuple(order)
+
+
+def load_sweep(storage: str, study: str) -> Sweep:
+    """Load every trial of ``study`` from ``storage`` (an SQLite or PostgreSQL URL).
+
+    Raises :class:`StudyNotFoundError` (listing the studies that exist) for an unknown study and
+    :class:`ReportError` for an SQLite file that does not exist (Optuna would create it).
+    """
+    import optuna
+
+    if storage.startswith("sqlite:///"):
+        path = Path(storage.removeprefix("sqlite:///").split("?", 1)[0])
+        if str(path) not in ("", ":memory:") and not path.is_file():
+            raise ReportError(f"no such SQLite storage: {path} (from {storage!r})")
+    try:
+        names = sorted(optuna.get_all_study_names(storage=storage))
+    except Exception as exc:  # a bad URL, an unreachable server, a missing driver
+        raise ReportError(f"cannot open storage {redact(storage)!r}: {exc}") from exc
+    if study not in names:
+        listed = ", ".join(repr(n) for n in names) if names else "none"
+        raise StudyNotFoundError(
+            f"no study {study!r} in {redact(storage)}; studies there: {listed}"
+        )
+    s = optuna.load_study(study_name=study, storage=storage)
+    runs = tuple(_run(t) for t in s.get_trials(deepcopy=False))
+    config = s.user_attrs.get("sweep")
+    config = config if isinstance(config, Mapping) else {}
+    name = config.get("name")
+    pars = s.user_attrs.get("parametrizations")
+    schemes = {
+        str(p): str(v["scheme"])
+        for p, v in (pars.items() if isinstance(pars, Mapping) else ())
+        if isinstance(v, Mapping) and v.get("scheme") is not None
+    }
+    return Sweep(
+        study=study,
+        storage=redact(storage),
+        runs=runs,
+        parametrizations=_order(runs, config),
+        name=str(name) if name is not None else None,
+        schemes=schemes,
+    )

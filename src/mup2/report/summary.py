@@ -1,0 +1,256 @@
+"""The report's tables: ``summary.md`` (optima, base optimizer, unstable runs, transfer verdicts)
+and the CSVs of all trials and of the optima."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from mup2.report.analysis import Analysis, Transfer
+from mup2.report.load import Sweep
+
+__all__ = [
+    "OPTIMA_COLUMNS",
+    "TRIAL_COLUMNS",
+    "write_optima_csv",
+    "write_summary",
+    "write_trials_csv",
+]
+
+TRIAL_COLUMNS = (
+    "number",
+    "state",
+    "parametrization",
+    "width",
+    "lr",
+    "rho",
+    "seed",
+    "status",
+    "test_accuracy",
+    "test_loss",
+    "seconds",
+)
+OPTIMA_COLUMNS = (
+    "parametrization",
+    "width",
+    "lr",
+    "rho",
+    "accuracy",
+    "spread",
+    "spread_kind",
+    "seeds",
+    "base_accuracy",
+    "unstable_runs",
+    "finished_runs",
+    "unfinished_cells",
+)
+
+
+def _cell(x: object) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
+
+
+def _write(path: Path, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        w.writerows([[_cell(x) for x in row] for row in rows])
+    return path
+
+
+def write_trials_csv(sweep: Sweep, path: Path) -> Path:
+    """One row per trial of the study, whatever its state (:data:`TRIAL_COLUMNS`)."""
+    rows = [[getattr(r, c) for c in TRIAL_COLUMNS] for r in sweep.runs]
+    return _write(path, TRIAL_COLUMNS, rows)
+
+
+def write_optima_csv(a: Analysis, path: Path) -> Path:
+    """One row per parametrization and width with an optimum (:data:`OPTIMA_COLUMNS`)."""
+    rows: list[list[object]] = []
+    for p in a.sweep.parametrizations:
+        for w in a.grids[p].widths:
+            o = a.optimum(p, w)
+            if o is None:
+                continue
+            bad, done = a.unstable_runs(p, w)
+            c = o.cell
+            base = o.base.mean if o.base is not None else None
+            rows.append(
+                [
+                    p,
+                    w,
+                    o.lr,
+                    o.rho,
+                    c.mean,
+                    c.spread,
+                    c.spread_kind,
+                    c.n,
+                    base,
+                    bad,
+                    done,
+                    a.grids[p].missing(w),
+                ]
+            )
+    return _write(path, OPTIMA_COLUMNS, rows)
+
+
+def _pow2(x: float) -> str:
+    if x == 0:
+        return "0"
+    k = math.log2(x)
+    return f"2^{round(k)}" if abs(k - round(k)) < 1e-6 else f"{x:.4g}"
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _seeds(n: int) -> str:
+    return "1 planned seed is" if n == 1 else f"{n} planned seeds are"
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:g} point" + ("" if 100 * x == 1 else "s")
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
+
+
+def _verdict(t: Transfer) -> str:
+    v = {"holds": "**holds**", "fails": "**fails**", "n/a": "n/a"}[t.verdict]
+    return f"{v} (provisional)" if t.provisional and t.verdict != "n/a" else v
+
+
+def _counts(sweep: Sweep) -> str:
+    states = Counter(r.state for r in sweep.runs if r.grid)
+    other = sum(not r.grid for r in sweep.runs)
+    pending = states["RUNNING"] + states["WAITING"]
+    parts = [
+        f"{len(sweep.runs)} trials",
+        f"{len(sweep.done)} finished grid runs",
+        f"{states['FAIL']} failed",
+        f"{pending} pending (running or waiting)",
+    ]
+    if states["PRUNED"]:
+        parts.append(f"{states['PRUNED']} pruned")
+    if other:
+        parts.append(f"{other} without the grid parameters (ignored)")
+    return ", ".join(parts)
+
+
+def write_summary(a: Analysis, path: Path, figures: Sequence[Path], tables: Sequence[Path]) -> Path:
+    """Write ``summary.md``: counts, the transfer table, per-parametrization optima, the list of
+    figures and tables (file names relative to ``path``'s directory)."""
+    s = a.sweep
+    below = f"{100 * a.unstable_below:g}%"
+    lines = [
+        f"# Sweep report: {s.name or s.study}",
+        "",
+        f"Study `{s.study}` in `{s.storage}`: {_counts(s)}.",
+        "",
+        "Accuracy is the final test accuracy in percent, the mean over seeds; ± is the 95% "
+        "t-interval of the mean with 3 or more seeds, one standard deviation with 2. A run is "
+        f"*unstable* when it diverged or ends below {below} test accuracy; a cell (η, ρ) is "
+        "unstable when its mean is below that or half of its seeds are. The optimum (η*, ρ*) "
+        "of a width is the stable cell with the best mean over ρ > 0 (over ρ = 0 if no SAM run "
+        "finished; over unstable cells if no stable one); *base* is the base optimizer "
+        "(ρ = 0) at the same η.",
+        "",
+        "## Transfer",
+        "",
+        "| parametrization | widths | η* moves | ρ* moves | accuracy, largest − smallest width "
+        "| transfer | why |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in s.parametrizations:
+        t = a.transfers[p]
+        ws = ", ".join(map(str, t.widths)) or "–"
+        multi = len(t.widths) > 1 and t.verdict != "n/a"
+        change = f"{100 * t.accuracy_change:+.2f} points" if multi else "–"
+        lr_s, rho_s = (_steps(t.lr_steps), _steps(t.rho_steps)) if multi else ("–", "–")
+        lines.append(f"| {p} | {ws} | {lr_s} | {rho_s} | {change} | {_verdict(t)} | {t.reason} |")
+    lines += [
+        "",
+        f"Criterion (math note §7): transfer holds when, across all widths with a finished "
+        f"optimum, η* and ρ* each stay within {_steps(a.max_steps)} of the log2-spaced grid "
+        f"(largest minus smallest grid index) and the accuracy at the optimum of the largest "
+        f"width is at least that of the smallest width minus {_points(a.tolerance)}. "
+        "*Provisional*: some planned cells have not finished yet. n/a: fewer than two widths, or "
+        "a width without a stable cell.",
+        "",
+        "## Optima per parametrization and width",
+    ]
+    for p in s.parametrizations:
+        g = a.grids[p]
+        lines += [
+            "",
+            f"### {p}",
+            "",
+            "| width | η* | ρ* | accuracy | base (ρ = 0, same η) | SAM − base | unstable runs "
+            "| unfinished cells |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for w in g.widths:
+            o = a.optimum(p, w)
+            bad, done = a.unstable_runs(p, w)
+            todo = g.missing(w)
+            if o is None:
+                lines.append(f"| {w} | – | – | no finished run | – | – | {bad}/{done} | {todo} |")
+                continue
+            c = o.cell
+            acc = f"{_pts(c.mean)} ± {_pts(c.spread)} ({c.n} seeds, {c.spread_kind})"
+            if c.n == 1:
+                acc = f"{_pts(c.mean)} (one seed)"
+            base = f"{_pts(o.base.mean)}" if o.base is not None else "–"
+            gain = f"{100 * (c.mean - o.base.mean):+.2f}" if o.base is not None else "–"
+            lines.append(
+                f"| {w} | {_pow2(o.lr)} | {_pow2(o.rho)} | {acc} | {base} | {gain} "
+                f"| {bad}/{done} | {todo} |"
+            )
+        bad, done = a.unstable_runs(p)
+        lines += ["", f"Unstable runs: {bad} of {done} finished."]
+        if g.base_from:
+            scheme = s.schemes.get(p)
+            lines.append(
+                f"ρ = 0 runs shared with {', '.join(g.base_from)} (same scheme, {scheme}): "
+                "counted here too."
+            )
+        if not g.has_base:
+            lines.append("No ρ = 0 runs: no base-optimizer comparison and no dashed line.")
+        if g.missing():
+            lines.append(
+                f"Unfinished: {g.missing()} of {len(g.cells)} cells have no finished run yet "
+                f"(grey in the heatmaps); {_seeds(g.pending_seeds())} not finished."
+            )
+        if len(g.widths) == 1:
+            lines.append("A single width: no transfer verdict.")
+    lines += ["", "## Figures", ""]
+    lines += [f"- [`{f.name}`]({f.name}): {_describe(f.name, a)}" for f in figures]
+    lines += ["", "## Tables", ""]
+    lines += [f"- [`{f.name}`]({f.name}): {_describe(f.name, a)}" for f in tables]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _describe(name: str, a: Analysis) -> str:
+    if name == "figure1.png":
+        return (
+            "Figure 1: test accuracy over (log2 η, log2 ρ), rows parametrizations, columns "
+            f"widths; star the optimum, outline the cells within {_points(a.within)} of it, "
+            "hatched unstable, grey unfinished, ρ = 0 (base optimizer) the bottom row"
+        )
+    if name.startswith("figure1-"):
+        return f"Figure 1 for {name.removeprefix('figure1-').removesuffix('.png')} alone"
+    return {
+        "rho-slice.png": "accuracy against ρ at each parametrization's optimal η, largest "
+        "width; dashed: the base optimizer at the same η",
+        "transfer.png": "η*, ρ* and the accuracy at the optimum against width",
+        "trials.csv": "every trial of the study, whatever its state",
+        "optima.csv": "the optimum of every parametrization and width",
+    }.get(name, "")
