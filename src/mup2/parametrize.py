@@ -329,6 +329,8 @@ class Parametrization:
             f"scheme {self.scheme.name}, width multiplier {self.width_mult:g}, "
             f"perturbation {rule}/{scaling}"
         )
+        if all(t.shape.shape == t.shape.base_shape for t in self.tensors.values()):
+            title += " (the model is its own base: every tensor is scalar-like, every x1)"
         if markdown:
             lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]

@@ -25,9 +25,10 @@ __all__ = ["norms", "perturbation_direction", "safe_divide"]
 def norms(tensors: Sequence[Tensor], like: Tensor) -> Tensor:
     """The Frobenius norms of ``tensors`` as one 1-D tensor with ``like``'s device and dtype."""
     ns = torch._foreach_norm(list(tensors))
-    if all(n.dtype == ns[0].dtype and n.device == ns[0].device for n in ns):
+    try:  # one device: stack (promoting mixed dtypes) and convert once
         return torch.stack(ns).to(device=like.device, dtype=like.dtype)
-    return torch.stack([n.to(device=like.device, dtype=like.dtype) for n in ns])
+    except RuntimeError:  # several devices
+        return torch.stack([n.to(device=like.device, dtype=like.dtype) for n in ns])
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:

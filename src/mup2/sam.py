@@ -50,6 +50,8 @@ class _Plan:
     rho: Tensor
     c: Tensor
     s: Tensor
+    rho2c: Tensor
+    rho2s: Tensor
     eta: list[float]
     keys: list[tuple[float, float]]
     buckets: list[list[int]]
@@ -63,6 +65,8 @@ class _Plan:
             self.rho[idx],
             self.c[idx],
             self.s[idx],
+            self.rho2c[idx],
+            self.rho2s[idx],
             [self.eta[i] for i in keep],
             keys,
             _buckets(keys),
@@ -174,10 +178,20 @@ class SAM(torch.optim.Optimizer):
             dev = params[0].device if params else torch.device("cpu")
             dt = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
             table = torch.tensor(rows, device=dev, dtype=dt).reshape(-1, 3)
+            rho_, c_, s_ = table.unbind(1)
             keys = [(r, c) for r, c, _ in rows]
             bufs = [self._buffer(p) for p in params]
             self._plan = _Plan(
-                params, bufs, table[:, 0], table[:, 1], table[:, 2], eta, keys, _buckets(keys)
+                params,
+                bufs,
+                rho_,
+                c_,
+                s_,
+                rho_ * rho_ * c_,
+                rho_ * rho_ * s_,
+                eta,
+                keys,
+                _buckets(keys),
             )
             self._plan_key = key
         return self._plan
@@ -186,9 +200,8 @@ class SAM(torch.optim.Optimizer):
         """The ascent: ``(d, k, bucketed)`` with ``eps_W = k_W d_W`` (see
         :func:`mup2.perturb.perturbation_direction`); ``bucketed``: ``k`` is constant within
         each of ``plan.buckets``. LightSAM overrides it."""
-        rho2 = plan.rho * plan.rho
         d, k = perturbation_direction(
-            self.rule, plan.params, grads, rho2 * plan.c, rho2 * plan.s, plan.eta
+            self.rule, plan.params, grads, plan.rho2c, plan.rho2s, plan.eta
         )
         return d, k, self.rule != "asam-layerwise"
 
