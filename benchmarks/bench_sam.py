@@ -133,7 +133,7 @@ BASELINE = "2x fwd/bwd + SGD"
 CONTESTANTS = [
     Contestant(BASELINE, _sgd, sam=False),
     Contestant("mup2 sam", _mup2_sam()),
-    Contestant("mup2 sam copy", _mup2_sam(restore="copy")),
+    Contestant("mup2 sam subtract", _mup2_sam(restore="subtract")),
     Contestant("pto sam", _pto_sam(adaptive=False, foreach=None)),
     Contestant("pto sam foreach", _pto_sam(adaptive=False, foreach=True)),
     Contestant("mup2 asam", _mup2_sam(rule="asam")),

@@ -44,19 +44,27 @@ def perturbation_direction(
     rho2c: Tensor,
     rho2s: Tensor,
     eta: Sequence[float],
+    scratch: Sequence[Tensor] | None = None,
 ) -> tuple[list[Tensor], Tensor]:
     """``(d, k)`` with ``eps_W = k_W * d_W``.
 
     ``d`` is ``grads`` itself (SAM, SAM-ON, layerwise ASAM: callers must not modify it) or a new
     list ``A**2 g`` (elementwise ASAM). ``rho2c``/``rho2s``: 1-D, ``rho_W**2 c_W`` and
-    ``rho_W**2 s_W`` per tensor; ``eta``: the ASAM offset of each tensor. ``k`` has their device
-    and dtype; under SAM, SAM-ON and elementwise ASAM it is proportional to ``rho2c``.
+    ``rho_W**2 s_W`` per tensor; ``eta``: the ASAM offset of each tensor; ``scratch``: tensors
+    like ``params`` that elementwise ASAM may overwrite (saves a parameter-sized temporary).
+    ``k`` has their device and dtype; under SAM, SAM-ON and elementwise ASAM it is proportional
+    to ``rho2c``.
     """
     if rule in ("sam", "sam-on"):
         sq = norms(grads, rho2c) ** 2
         return list(grads), safe_divide(rho2c, torch.sqrt(torch.sum(rho2s * sq)))
     if rule == "asam":
-        a = torch._foreach_abs(list(params))
+        if scratch is None:
+            a = list(torch._foreach_abs(list(params)))
+        else:
+            a = list(scratch)
+            torch._foreach_copy_(a, list(params))
+            torch._foreach_abs_(a)
         torch._foreach_add_(a, list(eta))
         d = list(torch._foreach_mul(list(grads), a))  # A g
         sq = norms(d, rho2c) ** 2

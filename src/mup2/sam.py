@@ -201,7 +201,7 @@ class SAM(torch.optim.Optimizer):
         :func:`mup2.perturb.perturbation_direction`); ``bucketed``: ``k`` is constant within
         each of ``plan.buckets``. LightSAM overrides it."""
         d, k = perturbation_direction(
-            self.rule, plan.params, grads, plan.rho2c, plan.rho2s, plan.eta
+            self.rule, plan.params, grads, plan.rho2c, plan.rho2s, plan.eta, scratch=plan.bufs
         )
         return d, k, self.rule != "asam-layerwise"
 
