@@ -67,6 +67,7 @@ def main() -> None:
     if rank == 0:
         same = all(torch.equal(gathered[0], g) for g in gathered[1:])
         print("replicas in sync" if same else "REPLICAS DIVERGED")
+    dist.barrier()  # no rank may tear gloo down while another still talks to it
     dist.destroy_process_group()
 
 
