@@ -270,3 +270,20 @@ def test_cli(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "at least 3 widths" in bad.output
     bad = runner.invoke(app, ["coordcheck", "--rule", "sam-on", "--norm", "none"])
     assert bad.exit_code == 2 and "--norm layer" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("rule", "lr"), [("lightsam-adagrad-norm", 0.1), ("lightsam-adagrad", 0.01)]
+)
+def test_lightsam_rules_under_mup2_perturb_every_layer(rule: str, lr: float) -> None:
+    """The other two LightSAM variants by rule name (μP-SGD becomes μP-Adam for AdaGrad):
+    every layer's effective perturbation and update are Θ(1) under μP²."""
+    x, y = _batch()
+    r = coord_check(
+        partial(MLP, depth=3, in_features=32), WIDTHS, x, y, rule=rule, lr=lr, rho=0.1, steps=2
+    )
+    assert (r.rule, r.scaling) == (rule, "mup2")
+    assert r.scheme == ("mup-sgd" if rule == "lightsam-adagrad-norm" else "mup-adam")
+    for quantity in ("effective_perturbation", "update"):
+        slopes = _slopes(r, quantity)
+        assert all(abs(s) <= 0.2 for s in slopes.values()), (quantity, slopes)
