@@ -49,6 +49,7 @@ __all__ = [
     "SAMConfig",
     "SGDConfig",
     "ScheduleConfig",
+    "Section",
     "SyntheticData",
     "TrainConfig",
     "ViTConfig",
@@ -62,14 +63,16 @@ class ConfigError(ValueError):
     """A config that does not validate; the message has one ``key: problem`` line per error."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # -- models -----------------------------------------------------------------------------------
 
 
-class _ModelBase(_Section):
+class _ModelBase(Section):
     width: PositiveInt
     base_width: PositiveInt | None = None  # None: the model's documented BASE_WIDTH
 
@@ -130,7 +133,7 @@ ModelConfig = Annotated[MLPConfig | ResNetConfig | ViTConfig, Field(discriminato
 # -- data -------------------------------------------------------------------------------------
 
 
-class _DataBase(_Section):
+class _DataBase(Section):
     train_size: PositiveInt | None = None  # None: all; else the first train_size examples
     test_size: PositiveInt | None = None
     crop_padding: NonNegativeInt = 0  # random crop with this zero padding (0: no crop)
@@ -180,7 +183,7 @@ DataConfig = Annotated[
 _Unit = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-class _OptBase(_Section):
+class _OptBase(Section):
     lr: PositiveFloat
     weight_decay: NonNegativeFloat = 0.0
     # "lr-scaled": decay follows each tensor's μP LR; "independent": lr * weight_decay is the same
@@ -231,7 +234,7 @@ OptimizerConfig = Annotated[
 ]
 
 
-class SAMConfig(_Section):
+class SAMConfig(Section):
     """The SAM rule and its perturbation scaling; ``rho = 0`` is the plain base optimizer.
 
     ``rule = "lightsam"``: :class:`mup2.LightSAM` with the optimizer's adaptive step size in the
@@ -254,7 +257,7 @@ class SAMConfig(_Section):
         return self
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Section):
     """Base-LR schedule, stepped every iteration: ``warmup_epochs`` of linear warmup from
     ``warmup_start_factor * lr``, then ``constant``, ``step`` (times ``gamma`` at each epoch in
     ``milestones``) or ``cosine`` (down to ``min_lr_factor * lr`` at the end)."""
@@ -280,7 +283,7 @@ class ScheduleConfig(_Section):
 # -- the run ----------------------------------------------------------------------------------
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """One training run. ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``,
     ``cuda`` or ``cuda:N``. The last training batch of an epoch is dropped when incomplete."""
 

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
@@ -26,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from mup2.config import ConfigError, TrainConfig, parse_config, read_config_file
+from mup2.config import ConfigError, Section, TrainConfig, parse_config, read_config_file
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -46,6 +44,7 @@ PARAMETRIZATIONS: dict[str, tuple[Literal["sp", "mup"], str]] = {
 }
 
 Parametrization = Literal["sp-naive", "mup-naive", "mup-global", "mup2", "sp-lp"]
+DEFAULT_PARAMETRIZATIONS: tuple[Parametrization, ...] = ("sp-naive", "mup-global", "mup2")
 
 
 def _increasing(values: list[Any], key: str) -> list[Any]:
@@ -54,23 +53,17 @@ def _increasing(values: list[Any], key: str) -> list[Any]:
     return values
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class GridConfig(_Section):
+class GridConfig(Section):
     """The grid: every combination of the lists is one run (ρ = 0, the base optimizer, runs once
     per scheme and is shared by the parametrizations of that scheme)."""
 
     widths: Annotated[list[PositiveInt], Field(min_length=1)]
     lr: Annotated[list[PositiveFloat], Field(min_length=1)]
     rho: Annotated[list[NonNegativeFloat], Field(min_length=1)]
-    seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0]
-    parametrizations: Annotated[list[Parametrization], Field(min_length=1)] = [
-        "sp-naive",
-        "mup-global",
-        "mup2",
-    ]
+    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
+    parametrizations: list[Parametrization] = Field(
+        default_factory=lambda: list(DEFAULT_PARAMETRIZATIONS), min_length=1
+    )
 
     @field_validator("widths", "lr", "rho", "seeds")
     @classmethod
@@ -85,7 +78,7 @@ class GridConfig(_Section):
         return values
 
 
-class SweepConfig(_Section):
+class SweepConfig(Section):
     """A validated sweep. ``train`` is the run every grid point starts from."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)]
