@@ -39,6 +39,19 @@ def grads_at(model: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
     return [q.grad.detach().clone() for q in model.parameters()]  # type: ignore[union-attr]
 
 
+def train(model: nn.Module, opt: LightSAM, data: list[tuple[Tensor, Tensor]]) -> None:
+    """One ``opt.step(closure)`` per batch."""
+    for x, y in data:
+
+        def closure(x: Tensor = x, y: Tensor = y) -> Tensor:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+
+
 def reference(
     variant: str, scaling: str, model: nn.Module, groups: list[dict[str, Any]], beta1: float
 ) -> list[Tensor]:
@@ -128,15 +141,7 @@ def test_matches_float64_reference(variant: str, scaling: str, beta1: float) -> 
     opt = LightSAM(
         groups, variant, lr=LR, rho=0.1, scaling=scaling, eps0=EPS0, eps=EPS, ascent_beta1=beta1
     )  # type: ignore[arg-type]
-    for x, y in batches():
-
-        def closure(x: Tensor = x, y: Tensor = y) -> Tensor:
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+    train(model, opt, batches())
     ref_groups = p.param_groups(twin, lr=LR)
     for g, g0 in zip(ref_groups, groups, strict=True):
         g["rho"] = g0["rho"]
@@ -148,30 +153,19 @@ def test_matches_float64_reference(variant: str, scaling: str, beta1: float) -> 
 
 @pytest.mark.parametrize("variant", ["adagrad-norm", "adagrad", "adam"])
 def test_state_dict_round_trip(variant: str) -> None:
-    def run(model: nn.Module, opt: LightSAM, start: int) -> None:
-        for x, y in batches()[start : start + 2]:
-
-            def closure(x: Tensor = x, y: Tensor = y) -> Tensor:
-                opt.zero_grad()
-                loss = nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-
     model, p = setup(variant)
     opt = LightSAM(p.param_groups(model, lr=LR), variant, lr=LR)  # type: ignore[arg-type]
-    run(model, opt, 0)
+    train(model, opt, batches()[:2])
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
-    run(model, opt, 2)
+    train(model, opt, batches()[2:])
     buf.seek(0)
     ckpt = torch.load(buf)
     model2, p2 = setup(variant)
     model2.load_state_dict(ckpt["model"])
     opt2 = LightSAM(p2.param_groups(model2, lr=LR), variant, lr=LR)  # type: ignore[arg-type]
     opt2.load_state_dict(ckpt["opt"])
-    run(model2, opt2, 2)
+    train(model2, opt2, batches()[2:])
     for a, b in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(a, b)
 

@@ -120,6 +120,12 @@ def _outline(region: set[tuple[int, int]]) -> list[list[tuple[float, float]]]:
     return segs
 
 
+def _cell_value(ax: Any, i: int, j: int, value: float, is_best: bool, **style: Any) -> None:
+    """A cell's accuracy in percent, lifted above the optimum's star."""
+    y = j - 0.2 if is_best else j
+    ax.text(i, y, f"{100 * value:.1f}", ha="center", va="center", fontsize=5.5, **style)
+
+
 def _heatmap(ax: Any, a: Analysis, g: Grid, width: int, norm: Any, cmap: Any) -> None:
     import numpy as np
     from matplotlib.collections import LineCollection
@@ -150,28 +156,17 @@ def _heatmap(ax: Any, a: Analysis, g: Grid, width: int, norm: Any, cmap: Any) ->
         elif c.unstable:
             ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, **_UNSTABLE))
             if annotate and c.mean > 0:  # diverged everywhere (0) stays blank
-                y = j - 0.2 if (i, j) == best else j
-                ax.text(
-                    i,
-                    y,
-                    f"{100 * c.mean:.1f}",
-                    ha="center",
-                    va="center",
-                    fontsize=5.5,
-                    color="#444444",
-                    bbox={"facecolor": "#cfcfcf", "edgecolor": "none", "pad": 0.6},
-                )
+                bbox = {"facecolor": "#cfcfcf", "edgecolor": "none", "pad": 0.6}
+                _cell_value(ax, i, j, c.mean, (i, j) == best, color="#444444", bbox=bbox)
         elif annotate:
             r, gr, b, _ = cmap(norm(c.mean))
             dark = 0.299 * r + 0.587 * gr + 0.114 * b < 0.5
-            y = j - 0.2 if (i, j) == best else j
-            ax.text(
+            _cell_value(
+                ax,
                 i,
-                y,
-                f"{100 * c.mean:.1f}",
-                ha="center",
-                va="center",
-                fontsize=5.5,
+                j,
+                c.mean,
+                (i, j) == best,
                 color="white" if dark else "black",
                 fontweight="bold" if (i, j) == best else "normal",
             )
