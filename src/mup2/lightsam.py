@@ -27,9 +27,31 @@ from mup2.adagrad_norm import AdaGradNorm
 from mup2.perturb import norms
 from mup2.sam import SAM, Restore, _Plan
 
-__all__ = ["LightSAM", "Variant"]
+__all__ = ["LightSAM", "Variant", "descent_optimizer"]
 
 Variant = Literal["adagrad-norm", "adagrad", "adam"]
+
+
+def descent_optimizer(
+    variant: Variant,
+    *,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    eps0: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The base optimizer class and its keywords for a variant's adaptive descent:
+    :class:`mup2.AdaGradNorm`, ``torch.optim.Adagrad`` (accumulator from ``eps0**2``, no
+    ``eps``) or ``torch.optim.AdamW``."""
+    kw: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+    if variant == "adagrad-norm":
+        return AdaGradNorm, {**kw, "eps0": eps0}
+    if variant == "adagrad":
+        return torch.optim.Adagrad, {**kw, "initial_accumulator_value": eps0**2, "eps": 0.0}
+    if variant == "adam":
+        return torch.optim.AdamW, {**kw, "betas": betas, "eps": eps}
+    raise ValueError(f"variant must be 'adagrad-norm', 'adagrad' or 'adam', not {variant!r}")
 
 
 class LightSAM(SAM):
@@ -58,20 +80,9 @@ class LightSAM(SAM):
         model: nn.Module | None = None,
         sync_perturbation: bool = False,
     ) -> None:
-        if variant == "adagrad-norm":
-            base: type[torch.optim.Optimizer] = AdaGradNorm
-            kw: dict[str, Any] = {"lr": lr, "eps0": eps0, "weight_decay": weight_decay}
-        elif variant == "adagrad":
-            base = torch.optim.Adagrad
-            kw = {"lr": lr, "initial_accumulator_value": eps0**2, "eps": 0.0}
-            kw["weight_decay"] = weight_decay
-        elif variant == "adam":
-            base = torch.optim.AdamW
-            kw = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
-        else:
-            raise ValueError(
-                f"variant must be 'adagrad-norm', 'adagrad' or 'adam', not {variant!r}"
-            )
+        base, kw = descent_optimizer(
+            variant, lr=lr, betas=betas, eps=eps, eps0=eps0, weight_decay=weight_decay
+        )
         if not 0.0 <= ascent_beta1 < 1.0:
             raise ValueError(f"ascent_beta1 must be in [0, 1), got {ascent_beta1}")
         self.variant, self.eps0 = variant, eps0

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from torch.optim import lr_scheduler
 from tqdm import tqdm
 
-from mup2.adagrad_norm import AdaGradNorm
 from mup2.config import (
     AdagradConfig,
     AdaGradNormConfig,
@@ -53,7 +52,7 @@ from mup2.data import (
     load_idx_dataset,
     synthetic_classification,
 )
-from mup2.lightsam import LightSAM, Variant
+from mup2.lightsam import LightSAM, Variant, descent_optimizer
 from mup2.models.registry import build_model
 from mup2.parametrize import Parametrization
 from mup2.sam import SAM
@@ -171,53 +170,43 @@ def make_model(
     return model, p
 
 
+#: Optimizer config name -> LightSAM variant of the same adaptive step size.
+_ADAPTIVE: dict[str, Variant] = {
+    "adamw": "adam",
+    "adagrad": "adagrad",
+    "adagrad-norm": "adagrad-norm",
+}
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module, p: Parametrization) -> SAM:
     """:class:`mup2.SAM` (or :class:`mup2.LightSAM` for ``sam.rule = "lightsam"``) over the μP
     param groups of ``model``."""
     o, s = config.optimizer, config.sam
     groups = p.param_groups(model, lr=o.lr, weight_decay=o.weight_decay)
-    if s.rule == "lightsam":
-        variant: Variant
-        extra: dict[str, Any]
-        if isinstance(o, AdamWConfig):
-            variant, extra = "adam", {"betas": o.betas, "eps": o.eps}
-        elif isinstance(o, AdagradConfig):
-            variant, extra = "adagrad", {"eps0": o.eps0}
-        elif isinstance(o, AdaGradNormConfig):
-            variant, extra = "adagrad-norm", {"eps0": o.eps0}
-        else:  # pragma: no cover - TrainConfig rejects lightsam with SGD
-            raise ValueError("sam.rule 'lightsam' needs an adaptive optimizer")
+    adaptive: dict[str, Any] = {}
+    if isinstance(o, AdamWConfig):
+        adaptive = {"betas": o.betas, "eps": o.eps}
+    elif isinstance(o, AdagradConfig | AdaGradNormConfig):
+        adaptive = {"eps0": o.eps0}
+    if s.rule == "lightsam":  # TrainConfig rejects it with SGD
         return LightSAM(
             groups,
-            variant,
+            _ADAPTIVE[o.name],
             lr=o.lr,
             rho=s.rho,
             scaling=s.scaling,
             bias_correction=s.bias_correction,
             ascent_beta1=s.ascent_beta1,
             model=model,
-            **extra,
+            **adaptive,
         )
-    base: type[torch.optim.Optimizer]
-    kwargs: dict[str, Any]
     if isinstance(o, SGDConfig):
-        base, kwargs = torch.optim.SGD, {"momentum": o.momentum, "nesterov": o.nesterov}
-    elif isinstance(o, AdamWConfig):
-        base, kwargs = torch.optim.AdamW, {"betas": o.betas, "eps": o.eps}
-    elif isinstance(o, AdagradConfig):
-        base, kwargs = torch.optim.Adagrad, {"initial_accumulator_value": o.eps0**2, "eps": 0.0}
+        base: type[torch.optim.Optimizer] = torch.optim.SGD
+        kwargs: dict[str, Any] = {"lr": o.lr, "momentum": o.momentum, "nesterov": o.nesterov}
     else:
-        base, kwargs = AdaGradNorm, {"eps0": o.eps0}
+        base, kwargs = descent_optimizer(_ADAPTIVE[o.name], lr=o.lr, **adaptive)
     return SAM(
-        groups,
-        base,
-        rho=s.rho,
-        rule=s.rule,
-        scaling=s.scaling,
-        eta=s.eta,
-        model=model,
-        lr=o.lr,
-        **kwargs,
+        groups, base, rho=s.rho, rule=s.rule, scaling=s.scaling, eta=s.eta, model=model, **kwargs
     )
 
 
