@@ -141,6 +141,12 @@ def test_unknown_keys_are_named(change: dict[str, Any], key: str) -> None:
         ({"schedule.warmup_epochs": 2}, "schedule.warmup_epochs: 2.0 must be below epochs"),
         ({"data.shape": [1, 8]}, "data.shape: too few items"),
         ({"model": {"name": "vit", "width": 40}}, "model.width: 40 is not a multiple of d_head"),
+        ({"optimizer.lr": float("inf")}, "optimizer.lr: Input should be a finite number"),
+        ({"sam.rho": float("inf")}, "sam.rho: Input should be a finite number"),
+        ({"optimizer.weight_decay": float("nan")}, "optimizer.weight_decay: Input should be a"),
+        ({"data.noise": float("inf")}, "data.noise: Input should be a finite number"),
+        ({"data.label_noise": 1.0}, "data.label_noise: Input should be less than 1"),
+        ({"precision": "fp8"}, "precision: Input should be 'fp32', 'bf16' or 'fp16'"),
     ],
 )
 def test_bad_values_are_named(change: dict[str, Any], key: str) -> None:

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from mup2.models.registry import base_width as _default_base_width
+from mup2.precision import Precision
 from mup2.schemes import perturb_scaling
 
 __all__ = [
@@ -66,8 +67,11 @@ class ConfigError(ValueError):
 class Section(BaseModel):
     """A config section: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+
+#: A fraction in ``[0, 1)`` (momenta, label smoothing, label noise).
+_Unit = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 # -- models -----------------------------------------------------------------------------------
 
@@ -134,10 +138,17 @@ ModelConfig = Annotated[MLPConfig | ResNetConfig | ViTConfig, Field(discriminato
 
 
 class _DataBase(Section):
+    """Keys every dataset has. ``label_noise``: the fraction of training labels replaced by a
+    uniformly drawn *other* class (symmetric noise, :func:`mup2.data.with_label_noise`), chosen
+    by ``label_noise_seed`` alone, so every width, parametrization and trial seed sees the same
+    corrupted labels; the test split stays clean."""
+
     train_size: PositiveInt | None = None  # None: all; else the first train_size examples
     test_size: PositiveInt | None = None
     crop_padding: NonNegativeInt = 0  # random crop with this zero padding (0: no crop)
     hflip: bool = False  # random horizontal flips
+    label_noise: _Unit = 0.0
+    label_noise_seed: NonNegativeInt = 0
 
 
 class FashionMNISTData(_DataBase):
@@ -179,8 +190,6 @@ DataConfig = Annotated[
 ]
 
 # -- optimization -----------------------------------------------------------------------------
-
-_Unit = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class _OptBase(Section):
@@ -285,7 +294,11 @@ class ScheduleConfig(Section):
 
 class TrainConfig(Section):
     """One training run. ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``,
-    ``cuda`` or ``cuda:N``. The last training batch of an epoch is dropped when incomplete."""
+    ``cuda`` or ``cuda:N``. The last training batch of an epoch is dropped when incomplete.
+
+    ``precision``: ``fp32``; ``bf16`` (forward and backward under bf16 autocast, CPU or CUDA);
+    ``fp16`` (fp16 autocast with a gradient scaler, meant for CUDA). Weights, gradients,
+    optimizer state and the perturbation stay fp32 in every case (:mod:`mup2.precision`)."""
 
     model: ModelConfig
     data: DataConfig
@@ -297,6 +310,7 @@ class TrainConfig(Section):
     batch_size: PositiveInt = 128
     eval_batch_size: PositiveInt = 1000
     label_smoothing: _Unit = 0.0
+    precision: Precision = "fp32"
     seed: NonNegativeInt = 0
     device: str = "auto"
     checkpoint: bool = True  # with a run directory: save a checkpoint after every epoch

@@ -279,12 +279,21 @@ class SAM(torch.optim.Optimizer):
             for g in self.param_groups
         )
 
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], Tensor] | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> Tensor | None:
         """With a closure (zeroes grads, computes the loss, calls backward, returns the loss): a
         whole SAM step, returning the loss at the unperturbed point (detached). Without one:
-        :meth:`second_step` (restore, then the base step)."""
+        :meth:`second_step` (restore, then the base step).
+
+        ``scaler``: an fp16 :class:`torch.amp.GradScaler` whose scaled loss the closure
+        backpropagates. The first pass's gradients are unscaled before the ascent (LightSAM's
+        accumulators need true gradients); if they overflowed, the ascent and the second pass
+        are skipped and ``scaler.step`` skips the step. Call ``scaler.update()`` afterwards."""
         if closure is None:
-            self.second_step()
+            self.second_step(scaler=scaler)
             return None
         first: AbstractContextManager[Any] = nullcontext()
         second: AbstractContextManager[Any] = nullcontext()
@@ -294,12 +303,21 @@ class SAM(torch.optim.Optimizer):
             second = frozen_bn_stats(self.model)
         with torch.enable_grad(), first:
             loss = closure()
-        if self._needs_second_pass():
+        if self._needs_second_pass() and (scaler is None or self._unscale_finite(scaler)):
             self.first_step()
             with torch.enable_grad(), second:
                 closure()
-        self.second_step()
+        self.second_step(scaler=scaler)
         return loss.detach()
+
+    @torch.no_grad()
+    def _unscale_finite(self, scaler: torch.amp.GradScaler) -> bool:
+        """Divide the current gradients by the scale; whether they are all finite."""
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return True
+        torch._foreach_mul_(grads, 1.0 / scaler.get_scale())
+        return bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
 
     # -- checkpoints ----------------------------------------------------------------------
 

@@ -51,10 +51,12 @@ from mup2.data import (
     load_fashion_mnist,
     load_idx_dataset,
     synthetic_classification,
+    with_label_noise,
 )
 from mup2.lightsam import LightSAM, Variant, descent_optimizer
 from mup2.models.registry import build_model
 from mup2.parametrize import Parametrization
+from mup2.precision import autocast, grad_scaler
 from mup2.sam import SAM
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "load_data",
     "make_model",
     "make_optimizer",
+    "prepare_data",
     "resolve_device",
     "train",
 ]
@@ -151,6 +154,14 @@ def load_data(cfg: DataConfig) -> DataSplits:
     else:  # pragma: no cover - the config's union is closed
         raise TypeError(f"unknown data config {type(cfg).__name__}")
     return splits.head(cfg.train_size, cfg.test_size)
+
+
+def prepare_data(config: TrainConfig, data: DataSplits | None = None) -> DataSplits:
+    """The splits a run trains on: ``data`` (else :func:`load_data` of ``config.data``) cut to
+    ``train_size``/``test_size``, with the config's label noise on the training split."""
+    d = config.data
+    splits = (data if data is not None else load_data(d)).head(d.train_size, d.test_size)
+    return with_label_noise(splits, d.label_noise, d.label_noise_seed)
 
 
 def make_model(
@@ -257,8 +268,7 @@ def train(
     is cut to ``data.train_size``/``data.test_size`` like a loaded one.
     """
     device = resolve_device(config.device)
-    splits = data if data is not None else load_data(config.data)
-    splits = splits.head(config.data.train_size, config.data.test_size)
+    splits = prepare_data(config, data)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(config.seed, 2))
@@ -298,6 +308,7 @@ class _Run:
         self.sched = build_scheduler(
             self.opt, config.schedule, config.epochs, len(self.train_loader), config.optimizer.lr
         )
+        self.scaler = grad_scaler(config.precision, device)
         self.metrics: list[EpochMetrics] = []
         self.seconds = 0.0
         self.status: Status = "ok"
@@ -344,7 +355,7 @@ class _Run:
 
     def _train_epoch(self, epoch: int) -> tuple[float, float] | int:
         """``(mean loss, accuracy)``, or the step at which the loss became non-finite."""
-        model, opt, cfg = self.model, self.opt, self.cfg
+        model, opt, cfg, scaler = self.model, self.opt, self.cfg, self.scaler
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         batches = tqdm(
@@ -359,14 +370,19 @@ class _Run:
 
             def closure(x: Tensor = x, y: Tensor = y, first: list[Tensor] = first) -> Tensor:
                 opt.zero_grad(set_to_none=True)
-                logits = model(x)
-                loss = nn.functional.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                torch.autograd.backward(loss)
+                with autocast(cfg.precision, self.device):
+                    logits = model(x)
+                    loss = nn.functional.cross_entropy(
+                        logits.float(), y, label_smoothing=cfg.label_smoothing
+                    )
+                torch.autograd.backward(loss if scaler is None else scaler.scale(loss))
                 if not first:  # the first pass is at the unperturbed point
                     first.append(logits.detach())
                 return loss
 
-            loss = opt.step(closure)
+            loss = opt.step(closure, scaler=scaler)
+            if scaler is not None:
+                scaler.update()
             self.sched.step()
             value = float(loss) if loss is not None else math.nan
             if not math.isfinite(value):
@@ -385,7 +401,8 @@ class _Run:
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for x, y in self.test_loader.epoch():
-            logits = self.model(x).float()
+            with autocast(self.cfg.precision, self.device):
+                logits = self.model(x).float()
             loss += nn.functional.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         n = self.test_loader.num_examples
@@ -426,6 +443,7 @@ class _Run:
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "rng": _rng_state(self.device),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
         tmp = self.dir / (CHECKPOINT + ".tmp")
         torch.save(state, tmp)
@@ -443,6 +461,8 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], self.device)
         self.metrics = [EpochMetrics(**m) for m in state["metrics"]]
         self.seconds = float(state["seconds"])

@@ -12,6 +12,7 @@ from mup2.data.idx import (
     resolve_fashion_mnist_dir,
 )
 from mup2.data.loader import Loader, derive_seed
+from mup2.data.noise import with_label_noise
 from mup2.data.synthetic import synthetic_classification
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "resolve_cifar_dir",
     "resolve_fashion_mnist_dir",
     "synthetic_classification",
+    "with_label_noise",
 ]
