@@ -117,7 +117,49 @@ def test_a_different_config_cannot_reuse_a_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     prepare(parse_sweep_config(sweep("same")), url)
     with pytest.raises(ConfigError, match="made by a different sweep config"):
-        prepare(parse_sweep_config(sweep("same", grid={**GRID, "seeds": [0, 1]})), url)
+        prepare(parse_sweep_config(sweep("same", train={**TRAIN, "epochs": 2})), url)
+    with pytest.raises(ConfigError, match=r"may only grow.*drops 10 of its points"):
+        prepare(parse_sweep_config(sweep("same", grid={**GRID, "lr": [0.05]})), url)
+    prepare(parse_sweep_config(sweep("same", workers=2)), url)  # a run-time choice
+
+
+def test_extra_blocks_add_points_once_with_shared_base_runs() -> None:
+    extra = [
+        {"widths": [32], "lr": [0.05], "seeds": [0, 1, 2]},  # more seeds on a slice
+        {"parametrizations": ["mup2"], "lr": [0.8], "rho": [0.0, 0.05]},  # a wider η
+    ]
+    cfg = parse_sweep_config(sweep("x", grid={**GRID, "extra": extra}))
+    points = expand(cfg)
+    assert len(points) == len(set(points))
+    main = expand(parse_sweep_config(sweep("x")))
+    assert points[: len(main)] == main
+    added = points[len(main) :]
+    # block 1, per new seed: rho > 0 for 3 parametrizations, rho = 0 once per scheme (sp-naive;
+    # mup-global for mup-global and mup2): 5; block 2: 2 widths x (mup2 at rho > 0, mup-global's
+    # shared rho = 0 run)
+    assert len(added) == 2 * 5 + 2 * 2
+    assert {p.parametrization for p in added if p.rho == 0.0} == {"sp-naive", "mup-global"}
+    assert {(p.width, p.lr, p.rho, p.seed) for p in added if p.parametrization == "mup2"} == {
+        (32, 0.05, 0.05, 1),
+        (32, 0.05, 0.05, 2),
+        (16, 0.8, 0.05, 0),
+        (32, 0.8, 0.05, 0),
+    }
+
+
+def test_a_grown_grid_runs_only_the_new_points(tmp_path: Path) -> None:
+    small = parse_sweep_config(sweep("grow", grid={**GRID, "widths": [16]}))
+    storage, state = run_sweep(small, tmp_path, progress=False)
+    assert state.done
+    before = {t.number: t.value for t in grid_trials(storage, "grow")}
+    big = parse_sweep_config(sweep("grow", grid={**GRID, "extra": [{"seeds": [1]}]}))
+    storage, state = run_sweep(big, tmp_path, progress=False)
+    assert state.done and state.complete == len(expand(big))
+    assert_complete_once(storage, "grow", len(expand(big)))
+    after = {t.number: t.value for t in grid_trials(storage, "grow")}
+    assert all(after[n] == v for n, v in before.items())  # finished trials are kept as they are
+    study = optuna.load_study(study_name="grow", storage=storage)
+    assert parse_sweep_config(study.user_attrs["sweep"]) == big
 
 
 def test_a_diverging_run_is_stored_as_unstable_and_the_sweep_goes_on(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from mup2.config import ConfigError, Section, TrainConfig, parse_config, read_co
 __all__ = [
     "PARAMETRIZATIONS",
     "GridConfig",
+    "SubGrid",
     "SweepConfig",
     "load_sweep_config",
     "parse_sweep_config",
@@ -53,9 +54,28 @@ def _increasing(values: list[Any], key: str) -> list[Any]:
     return values
 
 
+class SubGrid(Section):
+    """An extra block of the grid: the product of its lists, each defaulting to the main grid's
+    (for more seeds on a slice, or a wider η range for one parametrization)."""
+
+    widths: list[PositiveInt] | None = None
+    lr: list[PositiveFloat] | None = None
+    rho: list[NonNegativeFloat] | None = None
+    seeds: list[NonNegativeInt] | None = None
+    parametrizations: list[Parametrization] | None = None
+
+    @field_validator("widths", "lr", "rho", "seeds", "parametrizations")
+    @classmethod
+    def _nonempty(cls, values: list[Any] | None, info: Any) -> list[Any] | None:
+        if values is not None and not values:
+            raise ValueError(f"grid.extra.{info.field_name}: give at least one value or omit it")
+        return values
+
+
 class GridConfig(Section):
     """The grid: every combination of the lists is one run (ρ = 0, the base optimizer, runs once
-    per scheme and is shared by the parametrizations of that scheme)."""
+    per scheme and is shared by the parametrizations of that scheme), plus the runs of each
+    ``extra`` block."""
 
     widths: Annotated[list[PositiveInt], Field(min_length=1)]
     lr: Annotated[list[PositiveFloat], Field(min_length=1)]
@@ -64,6 +84,7 @@ class GridConfig(Section):
     parametrizations: list[Parametrization] = Field(
         default_factory=lambda: list(DEFAULT_PARAMETRIZATIONS), min_length=1
     )
+    extra: list[SubGrid] = Field(default_factory=list)
 
     @field_validator("widths", "lr", "rho", "seeds")
     @classmethod

@@ -137,8 +137,9 @@ def sweep_state(study: optuna.Study, points: list[GridPoint]) -> SweepState:
 def prepare(cfg: SweepConfig, storage: str) -> tuple[optuna.Study, list[GridPoint]]:
     """Create (or reopen) the sweep's study and enqueue every grid point that has no finished,
     waiting or running trial. Every point's training config is validated first, so an invalid
-    sweep fails before anything runs. Reopening a study made by a different sweep config is an
-    error."""
+    sweep fails before anything runs. A study may be reopened with its grid grown (more widths,
+    η, ρ, seeds, parametrizations or ``extra`` blocks: every old point still in it), which
+    records the new config; any other change of the config is an error."""
     points = expand(cfg)
     for point in points:
         trial_config(cfg, point)  # raises ConfigError naming the point
@@ -149,19 +150,14 @@ def prepare(cfg: SweepConfig, storage: str) -> tuple[optuna.Study, list[GridPoin
         load_if_exists=True,
     )
     saved = study.user_attrs.get("sweep")
-    if saved is None:
+    if saved is None or _grows(parse_sweep_config(saved), cfg):
         study.set_user_attr("sweep", cfg.to_dict())
         study.set_user_attr(
             "parametrizations",
             {
                 name: {"scheme": scheme_of(cfg, name), "scaling": PARAMETRIZATIONS[name][1]}
-                for name in cfg.grid.parametrizations
+                for name in dict.fromkeys(p.parametrization for p in points)
             },
-        )
-    elif json.dumps(saved, sort_keys=True) != json.dumps(cfg.to_dict(), sort_keys=True):
-        raise ConfigError(
-            f"study {cfg.name!r} in {storage} was made by a different sweep config; give this "
-            "sweep another name (or storage) to start a new one"
         )
     live = {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING}
     have = {_point(t) for t in study.get_trials(deepcopy=False) if t.state in live}
@@ -171,26 +167,37 @@ def prepare(cfg: SweepConfig, storage: str) -> tuple[optuna.Study, list[GridPoin
     return study, points
 
 
+def _grows(old: SweepConfig, new: SweepConfig) -> bool:
+    """Whether ``new`` differs from ``old`` (raises :class:`ConfigError` unless only by a grown
+    grid; ``workers`` may always differ)."""
+    a = old.to_dict() | {"workers": 0, "grid": None}
+    b = new.to_dict() | {"workers": 0, "grid": None}
+    if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+        raise ConfigError(
+            f"study {new.name!r} was made by a different sweep config (only the grid may grow); "
+            "give this sweep another name (or storage) to start a new one"
+        )
+    lost = set(expand(old)) - set(expand(new))
+    if lost:
+        raise ConfigError(
+            f"study {new.name!r}: the grid may only grow, and this config drops "
+            f"{len(lost)} of its points (e.g. {min(lost).params()}); keep them in the grid"
+        )
+    return old.grid != new.grid
+
+
 class _Objective:
     """Runs enqueued grid points; loads each dataset once per worker process."""
 
     def __init__(self, cfg: SweepConfig) -> None:
         self.cfg = cfg
         self.data: dict[str, DataSplits] = {}
-        g = cfg.grid
-        self.choices: dict[str, list[Any]] = {
-            "parametrization": list(g.parametrizations),
-            "width": list(g.widths),
-            "lr": list(g.lr),
-            "rho": list(g.rho),
-            "seed": list(g.seeds),
-        }
 
     def __call__(self, trial: optuna.Trial) -> float:
         if "grid" not in trial.user_attrs:  # another worker took the last waiting point
             trial.study.stop()
             raise optuna.TrialPruned("no grid point left")
-        point = GridPoint(**{k: trial.suggest_categorical(k, self.choices[k]) for k in _KEYS})
+        point = _suggest(trial, GridPoint(**trial.user_attrs["grid"]))
         try:
             config = trial_config(self.cfg, point)
             key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
@@ -205,6 +212,19 @@ class _Objective:
                 trial.set_user_attr(name, value)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         return result.test_accuracy if result.test_accuracy is not None else 0.0
+
+
+def _suggest(trial: optuna.Trial, point: GridPoint) -> GridPoint:
+    """Record the enqueued point as the trial's parameters. Numbers get one-point ranges, whose
+    distributions stay compatible however the grid grows (Optuna refuses a categorical
+    parameter whose choices change within a study)."""
+    return GridPoint(
+        trial.suggest_categorical("parametrization", list(PARAMETRIZATIONS)),
+        trial.suggest_int("width", point.width, point.width),
+        trial.suggest_float("lr", point.lr, point.lr),
+        trial.suggest_float("rho", point.rho, point.rho),
+        trial.suggest_int("seed", point.seed, point.seed),
+    )
 
 
 def run_worker(

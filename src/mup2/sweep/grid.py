@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from mup2.config import ConfigError, TrainConfig, parse_config
-from mup2.sweep.config import PARAMETRIZATIONS, SweepConfig
+from mup2.sweep.config import PARAMETRIZATIONS, GridConfig, SubGrid, SweepConfig
 
 __all__ = ["GridPoint", "expand", "scheme_of", "trial_config"]
 
@@ -35,22 +36,28 @@ def scheme_of(cfg: SweepConfig, parametrization: str) -> str:
 
 
 def expand(cfg: SweepConfig) -> list[GridPoint]:
-    """Every run of the grid, each exactly once. At ρ = 0 the scaling does not matter, so the
-    base-optimizer runs are made once per scheme, under the first parametrization of that
-    scheme in ``grid.parametrizations`` (the report shares them)."""
+    """Every run of the grid and of its ``extra`` blocks, each exactly once, in grid order. At
+    ρ = 0 the scaling does not matter, so the base-optimizer runs are made once per scheme,
+    under the first parametrization of that scheme in ``grid.parametrizations`` (the report
+    shares them)."""
     g = cfg.grid
+    blocks: list[GridConfig | SubGrid] = [g, *g.extra]
     first: dict[str, str] = {}
-    for name in g.parametrizations:
-        first.setdefault(scheme_of(cfg, name), name)
-    return [
-        GridPoint(name, width, lr, rho, seed)
-        for name in g.parametrizations
-        for width in g.widths
-        for lr in g.lr
-        for rho in g.rho
-        for seed in g.seeds
-        if rho > 0 or first[scheme_of(cfg, name)] == name
-    ]
+    for block in blocks:
+        for name in block.parametrizations or g.parametrizations:
+            first.setdefault(scheme_of(cfg, name), name)
+    points: dict[GridPoint, None] = {}  # ordered and without repeats
+    for block in blocks:
+        for name in block.parametrizations or g.parametrizations:
+            owner = first[scheme_of(cfg, name)]
+            for width, lr, rho, seed in itertools.product(
+                block.widths or g.widths,
+                block.lr or g.lr,
+                g.rho if block.rho is None else block.rho,
+                block.seeds or g.seeds,
+            ):
+                points.setdefault(GridPoint(name if rho > 0 else owner, width, lr, rho, seed))
+    return list(points)
 
 
 def trial_config(cfg: SweepConfig, point: GridPoint) -> TrainConfig:
