@@ -1,8 +1,9 @@
-"""PyTorch's default initialization of each known module type, as data computed from a shape.
+"""Init rules as data: PyTorch's default init of each known module type (computed from a shape)
+and the init a model actually has (observed from its freshly built tensors).
 
-mup2 re-initializes from these rules (drawn afresh, so applying twice is applying once): μP
-scales the std the rule gives at the *base* shape; SP uses the rule at the current shape, which is
-what the module's own ``reset_parameters`` draws.
+mup2 re-initializes from these rules (drawn afresh, so applying twice is applying once). μP
+scales the model's own init at the *base* width: PyTorch's default rule at the base shape when
+the tensor was drawn by it, otherwise the distribution observed in the model (:func:`observe`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from mup2.shapes import NORM_TYPES
+from mup2.shapes import is_norm
 
-__all__ = ["InitRule", "default_init", "draw_"]
+__all__ = ["InitRule", "Observed", "default_init", "draw_", "observe"]
 
 InitKind = Literal["uniform", "normal", "constant", "keep"]
 
@@ -56,7 +57,7 @@ def default_init(
     (biases of Linear/Conv layers are drawn with the weight's fan-in). Unknown parameters: ``keep``.
     """
     kaiming = (nn.Linear, nn.modules.conv._ConvNd)
-    if isinstance(module, NORM_TYPES):
+    if is_norm(module) and local in ("weight", "bias"):
         return InitRule("constant", 1.0 if local == "weight" else 0.0)
     if isinstance(module, nn.Embedding | nn.EmbeddingBag) and local == "weight":
         return InitRule("normal", 1.0)
@@ -98,3 +99,51 @@ def draw_(p: torch.Tensor, rule: InitRule, generator: torch.Generator | None) ->
         else:
             tmp.normal_(0.0, rule.value, generator=generator)
         p.copy_(tmp)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a tensor's values say about its init: ``rule`` and where it comes from, ``source``:
+    ``"default"`` (the values fit PyTorch's default rule for the module), ``"model"`` (another
+    distribution, described by its kind and RMS) or ``"keep"`` (no rule describes it)."""
+
+    rule: InitRule
+    source: Literal["default", "model", "keep"]
+
+
+def _fits_default(x: torch.Tensor, rule: InitRule, rms: float) -> bool:
+    if rule.kind == "constant":
+        return bool(torch.all(x == rule.value))
+    if rule.kind not in ("uniform", "normal") or rule.value <= 0 or x.numel() < 2:
+        return False
+    # the sample RMS is within ~4 standard errors (0.45/sqrt(n) uniform, 0.71/sqrt(n) normal)
+    close = abs(rms / rule.value - 1.0) <= max(0.2, 3.0 / math.sqrt(x.numel()))
+    if rule.kind == "uniform":
+        return close and float(x.abs().max()) <= math.sqrt(3.0) * rule.value * (1 + 1e-6)
+    return close
+
+
+def observe(values: torch.Tensor, default: InitRule) -> Observed:
+    """Describe the init of ``values`` (a freshly built tensor), preferring ``default`` (the
+    module type's PyTorch rule at this shape) when the values fit it.
+
+    Otherwise: equal values give a ``constant``; a zero-mean tensor a ``normal`` (or, when it has
+    at least 32 entries all within ``1.8`` RMS, ``uniform``) rule with its RMS as the std.
+    Meta tensors fall back to ``default``; anything else (non-finite values, a nonzero mean) is
+    ``keep``.
+    """
+    if values.is_meta:
+        return Observed(default, "keep" if default.kind == "keep" else "default")
+    x = values.detach().reshape(-1).to("cpu", torch.float64)
+    if x.numel() == 0 or not bool(torch.isfinite(x).all()):
+        return Observed(InitRule("keep"), "keep")
+    rms = float(x.pow(2).mean().sqrt())
+    if _fits_default(x, default, rms):
+        return Observed(default, "default")
+    if bool(torch.all(x == x[0])):
+        return Observed(InitRule("constant", float(x[0])), "model")
+    mean = float(x.mean())
+    if abs(mean) > 0.1 * rms + 4.0 * rms / math.sqrt(x.numel()):
+        return Observed(InitRule("keep"), "keep")
+    uniform = x.numel() >= 32 and float(x.abs().max()) <= 1.8 * rms
+    return Observed(InitRule("uniform" if uniform else "normal", rms), "model")

@@ -2,20 +2,25 @@
 
 The spec is plain data keyed by normalized parameter names (nothing is stored on
 ``nn.Parameter``), serializable with :meth:`Parametrization.to_dict`, and it matches the model
-inside DDP / ``torch.compile`` wrappers.
+inside DDP / ``torch.compile`` wrappers. Besides per-tensor multipliers it holds what μP changes
+in the forward pass: the ``1/m`` multiplier of a readout tied to an embedding and the attention
+logit scale (:meth:`Parametrization.attach` installs both).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from statistics import mode
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from mup2.initializers import InitRule, default_init, draw_
+from mup2.attention import AttentionSpec, apply_attention, find_attention
+from mup2.initializers import InitRule, Observed, default_init, draw_, observe
+from mup2.multipliers import set_output_multiplier
 from mup2.schemes import Scheme, get_scheme, perturb_scaling
 from mup2.shapes import (
     BaseSpec,
@@ -76,6 +81,7 @@ class TensorSpec:
     wd_mult: float = 1.0
     rho_mult: float = 1.0
     weight_scale: float = 1.0  # how the tensor's entries scale relative to the base (init std)
+    init_source: str = "default"  # "default" (PyTorch's rule), "model", "override" or "keep"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +92,7 @@ class TensorSpec:
             "wd_mult": self.wd_mult,
             "rho_mult": self.rho_mult,
             "weight_scale": self.weight_scale,
+            "init_source": self.init_source,
         }
 
     @classmethod
@@ -98,6 +105,7 @@ class TensorSpec:
             wd_mult=float(d["wd_mult"]),
             rho_mult=float(d["rho_mult"]),
             weight_scale=float(d.get("weight_scale", 1.0)),
+            init_source=str(d.get("init_source", "default")),
         )
 
 
@@ -109,9 +117,47 @@ def _padding_rows(model: nn.Module) -> dict[str, int]:
     }
 
 
+def _all_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every trainable tensor under every name it has (tied weights under each)."""
+    return {
+        normalize_name(o.name): p
+        for _, p, owners in named_parameters_with_owners(model)
+        for o in owners
+    }
+
+
+def _observed(
+    module: nn.Module,
+    local: str,
+    p: torch.Tensor,
+    base_p: torch.Tensor | None,
+    ts: TensorShape,
+    w_shapes: tuple[tuple[int, ...] | None, tuple[int, ...] | None],
+) -> tuple[InitRule, InitRule, str]:
+    """``(rule at base width, rule at this width, source)`` of the model's own init.
+
+    From the base's values when the base is a real model; otherwise from the model's: PyTorch's
+    default law when its values fit the module's default rule, else width-independent.
+    """
+    default_base = default_init(module, local, ts.base_shape, w_shapes[0])
+    default_cur = default_init(module, local, ts.shape, w_shapes[1])
+    cur = observe(p, default_cur)
+    if base_p is not None and not base_p.is_meta:
+        base = observe(base_p, default_base)
+    elif cur.source == "default":
+        base = Observed(default_base, "default")
+    else:
+        base = cur
+    if "keep" in (base.source, cur.source):
+        return InitRule("keep"), InitRule("keep"), "keep"
+    return base.rule, cur.rule, "default" if base.source == cur.source == "default" else "model"
+
+
 @dataclass(frozen=True)
 class Parametrization:
-    """A scheme applied to a model: ``{name: TensorSpec}`` plus the model's width multiplier.
+    """A scheme applied to a model: ``{name: TensorSpec}`` plus the model's width multiplier,
+    the forward multipliers of tied readouts (``{module name: multiplier}``) and the attention
+    modules' logit scales.
 
     Build it with :meth:`infer`; use :meth:`init_`, :meth:`param_groups` and :meth:`report`.
     """
@@ -120,6 +166,8 @@ class Parametrization:
     tensors: Mapping[str, TensorSpec]
     width_mult: float
     wd_policy: WeightDecayPolicy = "lr-scaled"
+    forward_mults: Mapping[str, float] = field(default_factory=dict)
+    attention: tuple[AttentionSpec, ...] = ()
 
     @classmethod
     def infer(
@@ -129,8 +177,17 @@ class Parametrization:
         scheme: str | Scheme = "mup-sgd",
         overrides: Mapping[str, Override | str | Role | Mapping[str, Any]] | None = None,
         wd_policy: WeightDecayPolicy = "lr-scaled",
+        attention: bool = True,
     ) -> Parametrization:
         """Infer the spec of ``model`` against ``base`` (see :func:`mup2.shapes.infer_shapes`).
+
+        Init: each tensor's base-width rule is the model's own init (measured on a real
+        ``base``, else on the freshly built ``model``: PyTorch's default law when the values fit
+        the module's default, otherwise a width-independent std), times the scheme's multiplier.
+        Tensors no rule describes are kept (``keep``) and warned about once. A readout tied to
+        an input-like embedding gets the scheme's forward multiplier (μP: ``1/m``), and with
+        ``attention`` the logit scale of attention modules whose head dimension grows becomes
+        ``1/d_head`` (see :mod:`mup2.attention`); :meth:`attach` installs both on the model.
 
         ``overrides`` maps fnmatch patterns over parameter names to an :class:`Override` (or a
         role name, or a dict of Override fields); later patterns win. A model may ship its own
@@ -143,7 +200,13 @@ class Parametrization:
             raise ValueError(f"wd_policy must be 'lr-scaled' or 'independent', not {wd_policy!r}")
         scheme = get_scheme(scheme)
         shapes = infer_shapes(model, base)
-        owners = {normalize_name(n): o[0] for n, _, o in named_parameters_with_owners(model)}
+        owners = {
+            normalize_name(o.name): o
+            for _, _, os in named_parameters_with_owners(model)
+            for o in os
+        }
+        values = _all_params(model)
+        base_values = _all_params(base) if isinstance(base, nn.Module) else {}
         shipped = dict(getattr(unwrap(model), "mup2_overrides", None) or {})
         pairs = [
             (pat, Override.coerce(v))
@@ -170,16 +233,22 @@ class Parametrization:
             weight = shapes.get(name.rsplit(".", 1)[0] + ".weight" if "." in name else "weight")
             if id(owner.module) in out_proj_ids and owner.local == "bias":
                 base_rule = cur_rule = InitRule("constant", 0.0)
+                source = "default"
             else:
-                w_base, w_cur = (weight.base_shape, weight.shape) if weight else (None, None)
-                base_rule = default_init(owner.module, owner.local, ts.base_shape, w_base)
-                cur_rule = default_init(owner.module, owner.local, ts.shape, w_cur)
+                w_shapes = (weight.base_shape, weight.shape) if weight else (None, None)
+                base_p = next(
+                    (base_values[n] for n in (name, *ts.aliases) if n in base_values), None
+                )
+                base_rule, cur_rule, source = _observed(
+                    owner.module, owner.local, values[name], base_p, ts, w_shapes
+                )
             if o.init_std is not None:
                 base_rule = cur_rule = InitRule("normal", o.init_std)
+                source = "override"
             init_mult = o.init_mult
             if init_mult is None:
                 init_mult = scheme.init_mult(ts.role, ts.m_in, ts.m_out)
-            if init_mult is None:  # SP: PyTorch's default at this width
+            if init_mult is None:  # SP: the model's own init at this width
                 rule = cur_rule
             elif init_mult == 0.0 and base_rule.kind != "constant":
                 rule = InitRule("constant", 0.0)
@@ -200,16 +269,47 @@ class Parametrization:
                 1.0 if o.wd_mult is None else o.wd_mult,
                 1.0 if o.rho_mult is None else o.rho_mult,
                 scale,
+                source,
             )
+        kept = [n for n, t in tensors.items() if t.init.kind == "keep"]
+        if kept:
+            warnings.warn(
+                f"mup2 cannot re-initialize {kept}: no rule describes their values (not constant, "
+                "nonzero mean, or a module mup2 does not know), so init_ leaves them as the model "
+                "made them, with no μP init multiplier; give each an override "
+                "{'init_std': <std at base width>} (or 'init_mult': 0 for a zero init)",
+                stacklevel=2,
+            )
+        specs: tuple[AttentionSpec, ...] = ()
+        if attention:
+            found, warns = find_attention(
+                model, base if isinstance(base, nn.Module) else None, scheme.attention
+            )
+            specs = tuple(found)
+            for w in warns:
+                warnings.warn(w, stacklevel=2)
         widths = [t.shape.width for t in tensors.values() if t.shape.role is not Role.SCALAR]
-        return cls(scheme, tensors, mode(widths) if widths else 1.0, wd_policy)
+        return cls(
+            scheme,
+            tensors,
+            mode(widths) if widths else 1.0,
+            wd_policy,
+            _tied_readouts(scheme, tensors),
+            specs,
+        )
 
     # -- applying ---------------------------------------------------------------------------
 
     def _params(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        params = {normalize_name(n): p for n, p, _ in named_parameters_with_owners(model)}
-        missing = [n for n in self.tensors if n not in params]
-        extra = [n for n in params if n not in self.tensors]
+        every = _all_params(model)
+        known = {a for n, t in self.tensors.items() for a in (n, *t.shape.aliases)}
+        params = {n: every[n] for n in self.tensors if n in every}
+        missing = [n for n in self.tensors if n not in every]
+        extra = [
+            normalize_name(n)
+            for n, _, owners in named_parameters_with_owners(model)
+            if not any(normalize_name(o.name) in known for o in owners)
+        ]
         if missing or extra:
             raise ShapeError(
                 f"the model does not match this parametrization: missing {missing[:5]}, "
@@ -228,10 +328,12 @@ class Parametrization:
 
         Values are drawn afresh (from ``seed``, else torch's global RNG), so the result does not
         depend on the model's previous values: applying twice equals applying once. Tensors
-        whose rule is ``keep`` are left untouched (give them an ``init_std`` override).
+        whose rule is ``keep`` are left untouched (give them an ``init_std`` override). Also
+        installs the forward multipliers and attention scales (:meth:`attach`).
         """
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         params = self._params(model)
+        self.attach(model)
         padding = _padding_rows(model)
         for name, spec in self.tensors.items():
             p = params[name]
@@ -251,9 +353,12 @@ class Parametrization:
         :func:`mup2.attach_lr_multipliers` or :class:`mup2.SAM`), ``lr_mult``, ``weight_decay``
         (after ``wd_mult`` and the decay policy), and the metadata SAM needs: ``role``,
         ``m_in``, ``m_out``, ``width_mult``, ``rho_mult``, ``weight_scale`` (the init std's
-        change with width; scales the ASAM offset under μP²), ``norm`` and ``names``.
+        change with width; scales the ASAM offset under μP²), ``norm`` and ``names``. Also
+        installs the forward multipliers and attention scales (:meth:`attach`), so a model
+        restored from a checkpoint gets them back.
         """
         params = self._params(model)
+        self.attach(model)
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         for name, spec in self.tensors.items():
             ts = spec.shape
@@ -292,6 +397,19 @@ class Parametrization:
             groups[key]["names"].append(name)
         return list(groups.values())
 
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Install what the scheme changes in the forward pass, idempotently, and return
+        ``model``: the forward multiplier of every tied readout (a hook, see
+        :mod:`mup2.multipliers`) and the attention modules' logit scales."""
+        if self.forward_mults:
+            mods = {normalize_name(n): m for n, m in unwrap(model).named_modules()}
+            for name, mult in self.forward_mults.items():
+                if name not in mods:
+                    raise ShapeError(f"the model has no module {name!r} for a forward multiplier")
+                set_output_multiplier(mods[name], mult)
+        apply_attention(model, self.attention)
+        return model
+
     # -- reporting and serialization ------------------------------------------------------
 
     def rows(self, rule: str = "sam", scaling: str = "mup2") -> list[dict[str, Any]]:
@@ -302,6 +420,9 @@ class Parametrization:
         for name, spec in self.tensors.items():
             ts = spec.shape
             rho = ps.c[ts.role](ts.m_in, ts.m_out, self.width_mult) * spec.rho_mult
+            init = "default" if spec.init_mult is None else f"x{spec.init_mult:.3g}"
+            if spec.init.kind == "keep":
+                init = "keep"
             out.append(
                 {
                     "name": name + (f" (= {', '.join(ts.aliases)})" if ts.aliases else ""),
@@ -310,7 +431,7 @@ class Parametrization:
                     "role": ts.role.value + ("*" if ts.source == "override" else ""),
                     "m_in": f"{ts.m_in:g}",
                     "m_out": f"{ts.m_out:g}",
-                    "init": "default" if spec.init_mult is None else f"x{spec.init_mult:.3g}",
+                    "init": init,
                     "init_rule": spec.init.describe(),
                     "lr": f"x{spec.lr_mult:.3g}",
                     "wd": f"x{spec.wd_mult:.3g}",
@@ -334,11 +455,42 @@ class Parametrization:
         if markdown:
             lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-            return f"{title}\n\n" + "\n".join(lines)
+            notes = self._notes()
+            return f"{title}\n\n" + "\n".join(lines) + ("\n\n" + notes if notes else "")
         widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
         lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
         lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
-        return title + "\n" + "\n".join(line.rstrip() for line in lines)
+        notes = self._notes()
+        table = title + "\n" + "\n".join(line.rstrip() for line in lines)
+        return table + ("\n\n" + notes if notes else "")
+
+    def _notes(self) -> str:
+        """The report's lines below the table: tied uses, forward multipliers, attention, kept
+        tensors."""
+        lines = []
+        for name, spec in self.tensors.items():
+            ts = spec.shape
+            for alias in ts.aliases:
+                use = ts.use_role(alias)
+                if use is not ts.role:
+                    mod = alias.rsplit(".", 1)[0] if "." in alias else ""
+                    mult = self.forward_mults.get(mod)
+                    how = (
+                        f"forward multiplier x{mult:.3g} on {mod or '(root)'}'s output"
+                        if mult is not None
+                        else "no forward multiplier (scheme without one)"
+                    )
+                    lines.append(
+                        f"tied: {alias} is {name} used as {use.value}-like "
+                        f"(m_in {ts.m_out:g}); the tensor stays {ts.role.value}-like; {how}"
+                    )
+        lines += [f"attention: {a.module}: {a.note}" for a in self.attention]
+        kept = [n for n, t in self.tensors.items() if t.init.kind == "keep"]
+        if kept:
+            lines.append(
+                f"not re-initialized (kept as the model made them, no init multiplier): {kept}"
+            )
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable copy (scheme by name)."""
@@ -347,6 +499,8 @@ class Parametrization:
             "width_mult": self.width_mult,
             "wd_policy": self.wd_policy,
             "tensors": {n: t.to_dict() for n, t in self.tensors.items()},
+            "forward_mults": dict(self.forward_mults),
+            "attention": [a.to_dict() for a in self.attention],
         }
 
     @classmethod
@@ -356,7 +510,27 @@ class Parametrization:
             {n: TensorSpec.from_dict(t) for n, t in d["tensors"].items()},
             float(d["width_mult"]),
             d["wd_policy"],
+            {str(k): float(v) for k, v in d.get("forward_mults", {}).items()},
+            tuple(AttentionSpec.from_dict(a) for a in d.get("attention", ())),
         )
+
+
+def _tied_readouts(scheme: Scheme, tensors: Mapping[str, TensorSpec]) -> dict[str, float]:
+    """``{module: multiplier}`` for every output-like use of an input-like tensor (a readout
+    tied to an embedding), from the scheme's ``tied_readout`` rule at the use's ``m_in``."""
+    out: dict[str, float] = {}
+    if scheme.tied_readout is None:
+        return out
+    for spec in tensors.values():
+        ts = spec.shape
+        if ts.role is not Role.INPUT:
+            continue
+        for alias in ts.aliases:
+            if ts.use_role(alias) is Role.OUTPUT:
+                out[alias.rsplit(".", 1)[0] if "." in alias else ""] = scheme.tied_readout(
+                    ts.m_out, 1.0
+                )
+    return out
 
 
 def _fold(overrides: Sequence[Override]) -> Override:

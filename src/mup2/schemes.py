@@ -55,11 +55,19 @@ class RoleRule:
 
 @dataclass(frozen=True)
 class Scheme:
-    """A named parametrization: one :class:`RoleRule` per role."""
+    """A named parametrization: one :class:`RoleRule` per role, plus two forward-pass rules.
+
+    ``tied_readout`` is the forward multiplier of the readout use of an embedding tied to it
+    (the tensor stays input-like; ``None``: nothing installed). ``attention`` is the exponent
+    ``a`` of the attention-logit scale ``s(d) = s(d_base) * (d_base / d)**a`` when the head
+    dimension ``d`` grows (μP: ``a = 1``, i.e. ``1/d_head``; ``None``: the model as built).
+    """
 
     name: str
     roles: Mapping[Role, RoleRule]
     description: str
+    tied_readout: Power | None = None
+    attention: float | None = None
 
     def init_mult(self, role: Role, m_in: float, m_out: float) -> float | None:
         rule = self.roles[role].init
@@ -88,11 +96,15 @@ MUP_SGD = Scheme(
     "mup-sgd",
     {role: RoleRule(init=_MUP_INIT[role], lr=_SGD_LR) for role in Role},
     "μP for SGD-like optimizers: LR x m_out/m_in, hidden init x m_in^-1/2, output init x 1/m_in",
+    tied_readout=Power(in_=-1.0),
+    attention=1.0,
 )
 MUP_ADAM = Scheme(
     "mup-adam",
     {role: RoleRule(init=_MUP_INIT[role], lr=_ADAM_LR) for role in Role},
     "μP for Adam-like optimizers: LR x 1/m_in, hidden init x m_in^-1/2, output init x 1/m_in",
+    tied_readout=Power(in_=-1.0),
+    attention=1.0,
 )
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (SP, MUP_SGD, MUP_ADAM)}

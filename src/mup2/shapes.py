@@ -1,10 +1,14 @@
 """Width bookkeeping: base shapes, fan multipliers and role inference for every trainable tensor.
 
 Conventions (``docs/parametrization.md``): a weight has shape ``(fan_out, fan_in, *kernel)``,
-except the module types in :data:`FAN_AXES` (``nn.Embedding`` is ``(fan_in, fan_out)``,
-transposed convolutions ``(fan_in, fan_out, *kernel)``). Vectors have ``fan_in = 1``; 0-d
-tensors have no fan. Kernel dimensions never scale. ``m_in``/``m_out`` are the ratios of a
-tensor's fans to the base model's.
+except the module types in the layout registry :data:`FAN_AXES` (``nn.Embedding`` is
+``(fan_in, fan_out)``, transposed convolutions ``(fan_in, fan_out, *kernel)``, Hugging Face's
+``Conv1D`` ``(fan_in, fan_out)``). Vectors have ``fan_in = 1``; 0-d tensors have no fan. Kernel
+dimensions never scale. ``m_in``/``m_out`` are the ratios of a tensor's fans to the base model's.
+
+A tensor registered under several names (tied weights) has one role per use, each from its
+owner's layout; an embedding tied to a readout is input-like (its embedding use), whatever the
+declaration order, and its readout use is recorded as output-like (:meth:`TensorShape.use_role`).
 """
 
 from __future__ import annotations
@@ -15,22 +19,27 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 __all__ = [
     "FAN_AXES",
+    "NORM_NAME_SUFFIXES",
     "NORM_TYPES",
     "BaseSpec",
+    "Layout",
     "Role",
     "ShapeError",
     "TensorShape",
     "infer_shapes",
+    "is_norm",
+    "layout_of",
     "match_patterns",
     "named_parameters_with_owners",
     "normalize_name",
+    "register_layout",
     "unwrap",
 ]
 
@@ -48,14 +57,55 @@ class Role(StrEnum):
     SCALAR = "scalar"  # neither grows
 
 
-#: ``(fan_out axis, fan_in axis)`` of ``weight`` for modules that differ from ``(0, 1)``.
-FAN_AXES: dict[type[nn.Module], tuple[int, int]] = {
-    nn.Embedding: (1, 0),
-    nn.EmbeddingBag: (1, 0),
-    nn.ConvTranspose1d: (1, 0),
-    nn.ConvTranspose2d: (1, 0),
-    nn.ConvTranspose3d: (1, 0),
+class Layout(NamedTuple):
+    """Which axes of a module's matrix parameters are ``fan_out`` and ``fan_in``."""
+
+    fan_out: int
+    fan_in: int
+    params: tuple[str, ...] = ("weight",)
+
+
+#: The layout registry: module type, or qualified class name ``"package.module.Class"`` (matched
+#: against every class of a module's MRO, so the package is never imported), to the
+#: :class:`Layout` of its parameters (a plain ``(fan_out, fan_in)`` pair means ``weight``).
+#: Modules not listed hold ``(fan_out, fan_in, *kernel)`` tensors. Add yours with
+#: :func:`register_layout`.
+FAN_AXES: dict[type[nn.Module] | str, Layout | tuple[int, int]] = {
+    nn.Embedding: Layout(1, 0),
+    nn.EmbeddingBag: Layout(1, 0),
+    nn.ConvTranspose1d: Layout(1, 0),
+    nn.ConvTranspose2d: Layout(1, 0),
+    nn.ConvTranspose3d: Layout(1, 0),
+    "transformers.pytorch_utils.Conv1D": Layout(1, 0),  # weight (nx, nf) = (fan_in, fan_out)
 }
+
+
+def register_layout(
+    module: type[nn.Module] | str,
+    fan_out: int,
+    fan_in: int,
+    params: Sequence[str] = ("weight",),
+) -> None:
+    """Declare that ``module``'s parameters ``params`` hold ``fan_out`` on axis ``fan_out`` and
+    ``fan_in`` on axis ``fan_in``. ``module`` is a class or its qualified name (no import)."""
+    if fan_out == fan_in:
+        raise ValueError(f"fan_out and fan_in must be different axes, got {fan_out} twice")
+    FAN_AXES[module] = Layout(fan_out, fan_in, tuple(params))
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def layout_of(module: nn.Module) -> Layout | None:
+    """The registered :class:`Layout` of ``module``'s type (nearest class in its MRO), if any."""
+    for cls in type(module).__mro__:
+        for key in (cls, _qualname(cls)):
+            found = FAN_AXES.get(key)
+            if found is not None:
+                return found if isinstance(found, Layout) else Layout(*found)
+    return None
+
 
 #: Module types whose parameters count as normalization parameters (used by SAM-ON).
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -65,6 +115,17 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.RMSNorm,
     nn.LocalResponseNorm,
 )
+#: Class-name endings that also mark normalization modules (``LlamaRMSNorm``, ``T5LayerNorm``).
+NORM_NAME_SUFFIXES: tuple[str, ...] = ("LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm")
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalization layer: a :data:`NORM_TYPES` instance, or a class
+    whose name ends with one of :data:`NORM_NAME_SUFFIXES`."""
+    if isinstance(module, NORM_TYPES):
+        return True
+    return any(c.__name__.endswith(NORM_NAME_SUFFIXES) for c in type(module).__mro__)
+
 
 #: A base given as a model, a mapping ``name -> shape``, or a width multiplier.
 BaseSpec = nn.Module | Mapping[str, Sequence[int]] | float | int
@@ -75,8 +136,9 @@ class TensorShape:
     """Everything mup2 knows about one trainable tensor's width.
 
     ``name`` is the normalized name (no ``module.``/``_orig_mod.`` wrapper prefixes); ``aliases``
-    lists other names of the same tensor (tied weights). ``source`` is ``"inferred"``,
-    ``"structural"`` (base given as a multiplier) or ``"override"``.
+    lists other names of the same tensor (tied weights) and ``alias_roles`` the role of each of
+    those uses (see :meth:`use_role`). ``source`` is ``"inferred"``, ``"structural"`` (base
+    given as a multiplier) or ``"override"``.
     """
 
     name: str
@@ -89,6 +151,17 @@ class TensorShape:
     norm: bool = False
     aliases: tuple[str, ...] = ()
     source: str = "inferred"
+    alias_roles: tuple[Role, ...] = ()
+
+    def use_role(self, name: str) -> Role:
+        """The role of the use of this tensor under ``name`` (the tensor's own name or an alias):
+        a tied readout's use is output-like while the tensor (its embedding use) is input-like."""
+        if name == self.name:
+            return self.role
+        if name in self.aliases:
+            i = self.aliases.index(name)
+            return self.alias_roles[i] if i < len(self.alias_roles) else self.role
+        raise KeyError(f"{name!r} is not a name of {self.name}")
 
     @property
     def r(self) -> float:
@@ -123,6 +196,7 @@ class TensorShape:
             "norm": self.norm,
             "aliases": list(self.aliases),
             "source": self.source,
+            "alias_roles": [r.value for r in self.alias_roles],
         }
 
     @classmethod
@@ -138,6 +212,7 @@ class TensorShape:
             norm=bool(d["norm"]),
             aliases=tuple(str(a) for a in d["aliases"]),
             source=str(d["source"]),
+            alias_roles=tuple(Role(r) for r in d.get("alias_roles", ())),
         )
 
 
@@ -180,6 +255,7 @@ class _Owner:
     name: str
     module: nn.Module
     local: str
+    order: int = 0  # the module's position in ``named_modules`` (declaration order)
 
 
 def named_parameters_with_owners(
@@ -192,11 +268,11 @@ def named_parameters_with_owners(
     """
     model = unwrap(model)
     owners: dict[int, list[_Owner]] = {}
-    for mod_name, module in model.named_modules(remove_duplicate=False):
+    for order, (mod_name, module) in enumerate(model.named_modules(remove_duplicate=False)):
         for local, p in module._parameters.items():
             if p is not None:
                 full = f"{mod_name}.{local}" if mod_name else local
-                owners.setdefault(id(p), []).append(_Owner(full, module, local))
+                owners.setdefault(id(p), []).append(_Owner(full, module, local, order))
     for name, p in model.named_parameters():
         if p.requires_grad:
             yield name, p, owners[id(p)]
@@ -211,9 +287,9 @@ def _fan_axes(module: nn.Module, local: str, ndim: int) -> tuple[int | None, int
         return None, None
     if ndim == 1:
         return 0, None
-    for typ, axes in FAN_AXES.items():
-        if isinstance(module, typ) and local == "weight":
-            return axes
+    layout = layout_of(module)
+    if layout is not None and local in layout.params:
+        return layout.fan_out, layout.fan_in
     return 0, 1
 
 
@@ -247,7 +323,7 @@ def _infer_one(
     out_ax, in_ax = _fan_axes(owner.module, owner.local, len(shape))
     kernel = [d for d in range(len(shape)) if d not in (out_ax, in_ax)]
     grown_kernel = [d for d in kernel if shape[d] != base_shape[d]]
-    norm = isinstance(owner.module, NORM_TYPES)
+    norm = is_norm(owner.module)
     if grown_kernel:
         ratios = _ratios(shape, base_shape)
         if _is_conv(owner.module) or len(ratios) != 1:
@@ -270,14 +346,17 @@ def _structural_roles(
     """Roles from module order when the base is a bare width multiplier ``m``.
 
     The first module holding a matrix is input-like, the last output-like, the rest hidden;
-    vectors are input-like except those of the last module (fixed size, so scalar-like).
+    vectors are input-like except those of the last module (fixed size, so scalar-like). A tied
+    tensor gets one role per owner (see :func:`_resolve_uses`).
     """
-    matrix_modules = [owners[0].module for _, p, owners in entries if p.ndim >= 2]
-    first = matrix_modules[0] if matrix_modules else None
-    last = matrix_modules[-1] if matrix_modules else None
-    out: dict[str, TensorShape] = {}
-    for name, p, owners in entries:
-        mod = owners[0].module
+    matrix_owners = sorted(
+        (o for _, p, owners in entries if p.ndim >= 2 for o in owners), key=lambda o: o.order
+    )
+    first = matrix_owners[0].module if matrix_owners else None
+    last = matrix_owners[-1].module if matrix_owners else None
+
+    def one(name: str, p: torch.Tensor, owner: _Owner) -> TensorShape:
+        mod = owner.module
         if p.ndim >= 2:
             role = (
                 Role.SCALAR
@@ -293,11 +372,11 @@ def _structural_roles(
         m_in = m if role in (Role.HIDDEN, Role.OUTPUT) else 1.0
         m_out = m if role in (Role.HIDDEN, Role.INPUT) else 1.0
         base_shape = list(p.shape)
-        out_ax, in_ax = _fan_axes(mod, owners[0].local, p.ndim)
+        out_ax, in_ax = _fan_axes(mod, owner.local, p.ndim)
         for ax, mult in ((out_ax, m_out), (in_ax, m_in)):
             if ax is not None and mult != 1.0:
                 base_shape[ax] = max(1, round(p.shape[ax] / mult))
-        out[name] = TensorShape(
+        return TensorShape(
             name,
             tuple(p.shape),
             tuple(base_shape),
@@ -305,15 +384,55 @@ def _structural_roles(
             m_in,
             m_out,
             type(mod).__name__,
-            isinstance(mod, NORM_TYPES),
+            is_norm(mod),
             source="structural",
         )
+
+    out = {}
+    for _, p, owners in entries:
+        ts = _resolve_uses([one(normalize_name(o.name), p, o) for o in owners])
+        out[ts.name] = ts
     return out
 
 
+def _resolve_uses(uses: Sequence[TensorShape]) -> TensorShape:
+    """One :class:`TensorShape` for a tensor from the shapes of its uses (one per owner), named
+    after its primary use, with the other names as aliases.
+
+    Uses that agree give that role (the first is primary). An embedding tied to a readout (an
+    input-like and an output-like use) is input-like and named after its embedding use, whatever
+    the order of declaration; its output-like uses are recorded in ``alias_roles`` (μP then puts
+    a ``1/m`` multiplier on the readout's output).
+    """
+    roles = {u.role for u in uses}
+    if len(roles) == 1:
+        primary = uses[0]
+    elif roles == {Role.INPUT, Role.OUTPUT}:
+        primary = next(u for u in uses if u.role is Role.INPUT)
+    else:  # not reachable from shapes alone (roles differ only by which axis is fan_in)
+        listed = ", ".join(f"{u.name} ({u.role.value})" for u in uses)
+        raise ShapeError(
+            f"{uses[0].name} is tied across uses with incompatible roles: {listed}; untie them "
+            f"or override the role by name, e.g. overrides={{'{uses[0].name}': 'hidden'}}"
+        )
+    aliases = [u for u in uses if u is not primary]
+    return replace(
+        primary,
+        norm=any(u.norm for u in uses),
+        aliases=tuple(u.name for u in aliases),
+        alias_roles=tuple(u.role for u in aliases) if len(roles) > 1 else (),
+    )
+
+
 def _base_shapes(base: nn.Module | Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of the base, every name of a tied tensor included (so a base that lost
+    its ties, e.g. ``Model(cfg).to("meta")``, still matches)."""
     if isinstance(base, nn.Module):
-        return {normalize_name(n): tuple(p.shape) for n, p, _ in named_parameters_with_owners(base)}
+        return {
+            normalize_name(o.name): tuple(p.shape)
+            for _, p, owners in named_parameters_with_owners(base)
+            for o in owners
+        }
     return {normalize_name(n): tuple(int(x) for x in s) for n, s in base.items()}
 
 
@@ -323,7 +442,8 @@ def infer_shapes(model: nn.Module, base: BaseSpec) -> dict[str, TensorShape]:
     ``base`` is a model of the same architecture at the base width (a ``meta``-device instance
     is enough), a mapping of parameter names to base shapes, or a width multiplier (roles then
     come from module order; see :func:`_structural_roles`). Returns ``{name: TensorShape}`` in
-    parameter order. Raises :class:`ShapeError` naming the tensor on any mismatch.
+    parameter order, a tied tensor under the name of its primary use (the embedding's, for an
+    embedding tied to a readout). Raises :class:`ShapeError` naming the tensor on any mismatch.
     """
     entries = [(normalize_name(n), p, o) for n, p, o in named_parameters_with_owners(model)]
     if not entries:
@@ -339,7 +459,7 @@ def infer_shapes(model: nn.Module, base: BaseSpec) -> dict[str, TensorShape]:
         shapes = _structural_roles(entries, float(base))
     else:
         base_shapes = _base_shapes(base)
-        names = {n for n, _, _ in entries}
+        names = {normalize_name(o.name) for _, _, owners in entries for o in owners}
         missing = [n for n in base_shapes if n not in names]
         if missing:
             raise ShapeError(
@@ -348,17 +468,18 @@ def infer_shapes(model: nn.Module, base: BaseSpec) -> dict[str, TensorShape]:
             )
         shapes = {}
         for name, p, owners in entries:
-            if name not in base_shapes:
+            own_names = [name, *(normalize_name(o.name) for o in owners)]
+            base_shape = next((base_shapes[n] for n in own_names if n in base_shapes), None)
+            if base_shape is None:
                 hint = difflib.get_close_matches(name, list(base_shapes), n=1)
                 raise ShapeError(
                     f"{name} (shape {list(p.shape)}) has no counterpart in the base"
                     + (f"; closest base name: {hint[0]}" if hint else "")
                 )
-            shapes[name] = _infer_one(name, p, base_shapes[name], owners[0])
-    for name, _, owners in entries:
-        aliases = tuple(normalize_name(o.name) for o in owners[1:])
-        if aliases:
-            shapes[name] = replace(shapes[name], aliases=aliases)
+            ts = _resolve_uses(
+                [_infer_one(normalize_name(o.name), p, base_shape, o) for o in owners]
+            )
+            shapes[ts.name] = ts
     return shapes
 
 

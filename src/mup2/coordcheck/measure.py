@@ -12,7 +12,14 @@ several parameters), at each measured step ``t`` with weights ``w_t``:
 - ``update``: RMS of ``M(x; W+dW) - M(x; W)`` after one SAM step (``dW = w_{t+1} - w_t``).
 
 Modules are evaluated with :func:`torch.func.functional_call` on snapshots of the parameters and
-observed with forward hooks that are removed afterwards; the user's modules are never edited.
+observed with hooks that are removed afterwards; the user's modules are never edited. A module's
+input is recorded before any other forward pre-hook runs and its output after every forward
+hook, so replaying it applies each hook once. A module the model never calls (its parameters
+used functionally, like ``nn.MultiheadAttention.out_proj``) is measured at the output of its
+nearest called ancestor, with only its own parameters changed. Attention logits
+(``q.k * scale`` of every ``F.scaled_dot_product_attention`` call, attributed to the module that
+makes it, layer ``"<module>:logits"``, group ``attention``) have ``activation``, ``update`` and
+``total_perturbation`` (changes of the whole forward) and no effective perturbation (``nan``).
 Each forward and functional call starts from the same RNG seed, so dropout masks agree.
 """
 
@@ -21,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
@@ -37,7 +44,7 @@ from mup2.parametrize import Override, Parametrization
 from mup2.passes import frozen_bn_stats
 from mup2.sam import SAM
 from mup2.schemes import LIGHTSAM_RULES, MUP_ADAM, MUP_SGD, Scheme, get_scheme, perturb_scaling
-from mup2.shapes import NORM_TYPES, Role, normalize_name
+from mup2.shapes import BaseSpec, Role, is_norm, normalize_name
 
 __all__ = [
     "EFFECTIVE_SLOPE",
@@ -55,7 +62,7 @@ __all__ = [
 
 QUANTITIES = ("activation", "update", "effective_perturbation", "total_perturbation")
 #: Layer groups of Table 1; a module's group is its weight's role, or ``normalization``.
-GROUPS = ("input-like", "hidden-like", "output-like", "normalization", "scalar-like")
+GROUPS = ("input-like", "hidden-like", "output-like", "normalization", "scalar-like", "attention")
 #: A layer is effectively perturbed when its slope is finite and above this (math note, §5).
 EFFECTIVE_SLOPE = -0.25
 
@@ -235,6 +242,15 @@ def _shapes_at(factory: ModelFactory, width: int) -> dict[str, tuple[int, ...]]:
         return _shapes(factory(width))
 
 
+def _base_model(factory: ModelFactory, width: int) -> nn.Module:
+    """The base model, on the meta device when the factory allows it."""
+    try:
+        with torch.device("meta"):
+            return factory(width)
+    except Exception:  # a factory that insists on real tensors: build it for real
+        return factory(width)
+
+
 def _check_factory(
     factory: ModelFactory, widths: Sequence[int], base_width: int
 ) -> dict[str, tuple[int, ...]]:
@@ -272,11 +288,17 @@ def _param_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _layer(name: str, module: nn.Module, p: Parametrization) -> Layer:
+    """The layer's role is its weight's (else its first parameter's) role *in this use*: a
+    readout tied to an embedding is output-like, the embedding input-like."""
     own = dict(module.named_parameters(recurse=False))
     local = "weight" if "weight" in own else next(iter(own))
     full = normalize_name(f"{name}.{local}" if name else local)
-    role = p.tensors[full].shape.role if full in p.tensors else Role.SCALAR
-    group = "normalization" if isinstance(module, NORM_TYPES) else f"{role.value}-like"
+    role = Role.SCALAR
+    for spec in p.tensors.values():
+        if full == spec.shape.name or full in spec.shape.aliases:
+            role = spec.shape.use_role(full)
+            break
+    group = "normalization" if is_norm(module) else f"{role.value}-like"
     return Layer(name or "(root)", type(module).__name__, role, group)
 
 
@@ -291,48 +313,103 @@ def _detach(obj: Any) -> Any:
 
 
 def _flat(obj: Any) -> Tensor:
-    """All floating-point tensors in a (nested) output, flattened and concatenated, in float64."""
-    parts: list[Tensor] = []
-
-    def visit(o: Any) -> None:
-        if isinstance(o, Tensor):
-            if o.is_floating_point() or o.is_complex():
-                parts.append(o.detach().reshape(-1).to(torch.float64))
-        elif isinstance(o, tuple | list):
-            for x in o:
-                visit(x)
-        elif isinstance(o, dict):
-            for x in o.values():
-                visit(x)
-
-    visit(obj)
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    """A module's primary output (its first floating-point tensor, depth first: the attention
+    output of ``(output, weights)``), flattened, in float64."""
+    if isinstance(obj, Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            return obj.detach().reshape(-1).to(torch.float64)
+    elif isinstance(obj, tuple | list | dict):
+        for x in obj.values() if isinstance(obj, dict) else obj:
+            found = _flat(x)
+            if found.numel():
+                return found
+    return torch.zeros(0, dtype=torch.float64)
 
 
 _Call = tuple[tuple[Any, ...], dict[str, Any], Tensor]  # (args, kwargs, flat output)
 
 
 class _Recorder:
-    """Forward hooks that record each module's inputs and output while ``active``."""
+    """Hooks on every module of ``model``: while ``active``, the calls of ``modules`` (inputs
+    before any other pre-hook, output after every forward hook), how often each module ran,
+    and the attention logits of every ``F.scaled_dot_product_attention`` call, by the module
+    running it (see :meth:`sdpa`)."""
 
-    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+    def __init__(self, model: nn.Module, modules: Mapping[str, nn.Module]) -> None:
         self.active = False
+        self.measured = set(modules)
         self.calls: dict[str, list[_Call]] = {n: [] for n in modules}
-        self._handles = [
-            mod.register_forward_hook(self._hook(name), with_kwargs=True)
-            for name, mod in modules.items()
-        ]
+        self.counts: dict[str, int] = {}
+        self.logits: dict[str, list[Tensor]] = {}
+        self._stack: list[str] = []
+        self._pending: dict[str, list[tuple[Any, Any]]] = {n: [] for n in modules}
+        self._handles = []
+        for name, mod in model.named_modules():
+            self._handles.append(
+                mod.register_forward_pre_hook(self._pre(name), prepend=True, with_kwargs=True)
+            )
+            self._handles.append(
+                mod.register_forward_hook(self._post(name), with_kwargs=True, always_call=True)
+            )
 
-    def _hook(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+    def _pre(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
+            self._stack.append(name)
             if self.active:
-                self.calls[name].append((_detach(args), _detach(kwargs), _flat(output).clone()))
+                self.counts[name] = self.counts.get(name, 0) + 1
+                if name in self.measured:
+                    self._pending[name].append((_detach(args), _detach(kwargs)))
 
         return hook
+
+    def _post(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            if self._stack:
+                self._stack.pop()
+            if self.active and name in self.measured and self._pending[name]:
+                a, k = self._pending[name].pop()
+                self.calls[name].append((a, k, _flat(output).clone()))
+
+        return hook
+
+    def _logit(self, q: Tensor, k: Tensor, scale: float | None) -> None:
+        if k.shape[-3] != q.shape[-3] and q.dim() >= 3:
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+        s = q.shape[-1] ** -0.5 if scale is None else scale
+        logits = (q.detach().to(torch.float64) @ k.detach().to(torch.float64).transpose(-2, -1)) * s
+        name = f"{self._stack[-1] if self._stack and self._stack[-1] else '(root)'}:logits"
+        self.logits.setdefault(name, []).append(logits.reshape(-1))
+
+    @contextmanager
+    def sdpa(self) -> Iterator[None]:
+        """Route ``F.scaled_dot_product_attention`` through the recorder within the block."""
+        orig = F.scaled_dot_product_attention
+
+        def recorded(
+            query: Tensor,
+            key: Tensor,
+            value: Tensor,
+            attn_mask: Tensor | None = None,
+            dropout_p: float = 0.0,
+            is_causal: bool = False,
+            scale: float | None = None,
+            **kwargs: Any,
+        ) -> Tensor:
+            if self.active:
+                self._logit(query, key, scale)
+            return orig(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, **kwargs)
+
+        F.scaled_dot_product_attention = recorded  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            F.scaled_dot_product_attention = orig
 
     @contextmanager
     def recording(self) -> Iterator[dict[str, list[_Call]]]:
         self.calls = {n: [] for n in self.calls}
+        self._pending = {n: [] for n in self.calls}
+        self.counts, self.logits, self._stack = {}, {}, []
         self.active = True
         try:
             yield self.calls
@@ -342,6 +419,13 @@ class _Recorder:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+def _host(name: str, called: Mapping[str, int]) -> str:
+    """``name`` if the model called it, else its nearest called ancestor (the root at worst)."""
+    while name and not called.get(name):
+        name = name.rsplit(".", 1)[0] if "." in name else ""
+    return name
 
 
 def _rms(diffs: Sequence[Tensor]) -> float:
@@ -366,16 +450,38 @@ def _call(
     module: nn.Module,
     state: Mapping[Tensor, Tensor],
     own: Mapping[Tensor, Tensor],
+    own_ids: set[int],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     seed: int,
     device: torch.device,
 ) -> Tensor:
-    """``module``'s output with every parameter from ``state``, its direct ones from ``own``."""
-    direct = {id(p) for p in module.parameters(recurse=False)}
-    params = {n: (own if id(p) in direct else state)[p] for n, p in module.named_parameters()}
+    """``module``'s output with every parameter from ``state``, those in ``own_ids`` from
+    ``own``."""
+    params = {n: (own if id(p) in own_ids else state)[p] for n, p in module.named_parameters()}
     _seed(seed, device)
     return _flat(functional_call(module, params, args, kwargs))
+
+
+def _logit_values(
+    out: dict[tuple[int, str, str], float],
+    t: int,
+    at_w: Mapping[str, list[Tensor]],
+    at_wp: Mapping[str, list[Tensor]],
+    at_w1: Mapping[str, list[Tensor]],
+) -> None:
+    for key, base in at_w.items():
+
+        def diff(other: Mapping[str, list[Tensor]], key: str = key) -> float:
+            got = other.get(key, [])
+            if len(got) != len(at_w[key]):
+                return math.nan
+            return _rms([b - a for a, b in zip(at_w[key], got, strict=True)])
+
+        out[(t, key, "activation")] = _rms(base)
+        out[(t, key, "total_perturbation")] = diff(at_wp)
+        out[(t, key, "update")] = diff(at_w1)
+        out[(t, key, "effective_perturbation")] = math.nan
 
 
 def _measure_run(
@@ -390,25 +496,45 @@ def _measure_run(
 ) -> dict[tuple[int, str, str], float]:
     out: dict[tuple[int, str, str], float] = {}
     dev = inputs.device
-    rec = _Recorder(modules)
-    try:
+    all_mods = dict(model.named_modules())
+    with ExitStack() as stack:
+        probe = _Recorder(model, {})
+        stack.callback(probe.remove)
+        with torch.no_grad(), frozen_bn_stats(model), probe.recording():
+            _seed(seed, dev)
+            model(inputs)
+        probe.remove()
+        hosts = {name: _host(name, probe.counts) for name in modules}
+        rec = _Recorder(model, {h: all_mods[h] for h in set(hosts.values())})
+        stack.callback(rec.remove)
+        stack.enter_context(rec.sdpa())
         for t in range(steps):
             opt.zero_grad(set_to_none=True)
             with rec.recording() as at_w:
                 _seed(seed, dev)
                 torch.autograd.backward(loss_fn(model(inputs), targets))
+            logits_w = rec.logits
             w0 = _snapshot(model)
             opt.first_step(zero_grad=True)
             wp = _snapshot(model)
             with frozen_bn_stats(model), rec.recording() as at_wp:
                 _seed(seed, dev)
                 torch.autograd.backward(loss_fn(model(inputs), targets))
+            logits_wp = rec.logits
             opt.second_step(zero_grad=True)
             w1 = _snapshot(model)
+            logits_w1: dict[str, list[Tensor]] = {}
+            if logits_w:
+                with torch.no_grad(), frozen_bn_stats(model), rec.recording():
+                    _seed(seed, dev)
+                    model(inputs)
+                logits_w1 = rec.logits
             with torch.no_grad(), frozen_bn_stats(model):
                 for name, mod in modules.items():
-                    key = name or "(root)"
-                    calls, pert_calls = at_w[name], at_wp[name]
+                    key, host = name or "(root)", hosts[name]
+                    hmod = all_mods[host]
+                    own = {id(p) for p in mod.parameters(recurse=False)}
+                    calls, pert_calls = at_w[host], at_wp[host]
                     out[(t, key, "activation")] = _rms([o for _, _, o in calls])
                     out[(t, key, "total_perturbation")] = (
                         _rms(
@@ -419,13 +545,12 @@ def _measure_run(
                     )
                     eff, upd = [], []
                     for args, kwargs, _ in calls:
-                        base = _call(mod, w0, w0, args, kwargs, seed, dev)
-                        eff.append(_call(mod, w0, wp, args, kwargs, seed, dev) - base)
-                        upd.append(_call(mod, w0, w1, args, kwargs, seed, dev) - base)
+                        base = _call(hmod, w0, w0, own, args, kwargs, seed, dev)
+                        eff.append(_call(hmod, w0, wp, own, args, kwargs, seed, dev) - base)
+                        upd.append(_call(hmod, w0, w1, own, args, kwargs, seed, dev) - base)
                     out[(t, key, "effective_perturbation")] = _rms(eff)
                     out[(t, key, "update")] = _rms(upd)
-    finally:
-        rec.remove()
+            _logit_values(out, t, logits_w, logits_wp, logits_w1)
     return out
 
 
@@ -450,6 +575,7 @@ def coord_check(
     overrides: Mapping[str, Override | str | Role | Mapping[str, Any]] | None = None,
     optimizer: Callable[[list[dict[str, Any]]], SAM] | None = None,
     dtype: torch.dtype = torch.float64,
+    attention: bool = True,
 ) -> CoordCheck:
     """Run ``steps`` SAM steps on the fixed batch ``(inputs, targets)`` at every width and seed,
     measuring every parametrized module (see the module docstring).
@@ -463,7 +589,8 @@ def coord_check(
     ``scaling`` are then read from the optimizer it builds). A LightSAM ``rule``
     (``lightsam-adam``, ...) builds :class:`mup2.LightSAM` with ``lr`` and ``rho``; its
     elementwise variants are Adam-like, so ``mup-sgd`` then means ``mup-adam``.
-    Values are averaged over ``seeds``.
+    Values are averaged over ``seeds``. ``attention=False`` leaves attention logit scales as the
+    model computes them (see :meth:`mup2.Parametrization.infer`).
     Raises ``ValueError`` for fewer than 3 or non-increasing widths, and for a factory whose
     models do not differ in width.
     """
@@ -492,12 +619,15 @@ def coord_check(
     layers: tuple[Layer, ...] = ()
     cuda = [inputs.device.index or 0] if inputs.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # the caller's RNG state is left as it was
-        base = _check_factory(factory, ws, base_w)
+        _check_factory(factory, ws, base_w)
+        base: BaseSpec = _base_model(factory, base_w)
         for w_i, width in enumerate(ws):
             for seed in seeds:
                 torch.manual_seed(seed)
                 model = factory(width).to(dtype)
-                p = Parametrization.infer(model, base, sch, overrides=overrides)
+                p = Parametrization.infer(
+                    model, base, sch, overrides=overrides, attention=attention
+                )
                 no_norm = not any(t.shape.norm for t in p.tensors.values())
                 if optimizer is None and rule == "sam-on" and no_norm:
                     raise ValueError(
@@ -524,6 +654,11 @@ def coord_check(
                     opt = optimizer(groups)
                     rule, scaling = opt.rule, opt.scaling
                 run = _measure_run(model, opt, modules, inputs, targets, loss_fn, steps, seed)
+                if width == ws[-1] and seed == seeds[0]:
+                    logit_layers = sorted({k[1] for k in run if k[1].endswith(":logits")})
+                    layers += tuple(
+                        Layer(n, "attention logits", Role.HIDDEN, "attention") for n in logit_layers
+                    )
                 for key, v in run.items():
                     sums.setdefault(key, [0.0] * len(ws))[w_i] += v / len(seeds)
     return CoordCheck(

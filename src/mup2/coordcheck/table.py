@@ -133,8 +133,13 @@ def format_table1(
     whether every layer of the group is effectively perturbed (slope > -0.25 and finite), with
     each layer's slope; ``grows``: some slope exceeds +0.25 (the perturbation blows up with
     width); ``not perturbed``: the rule leaves the group untouched."""
-    present = {lay.group for r in results for lay in r.layers}
-    groups = [g for g in GROUPS if g in present]
+    measured = {  # groups with a value for this quantity (attention logits have no effective one)
+        s.group
+        for r in results
+        for s in r.slopes(step)
+        if s.quantity == quantity and any(math.isfinite(v) for v in s.values)
+    }
+    groups = [g for g in GROUPS if g in measured]
     lines = [
         "| rule | scaling | " + " | ".join(groups) + " |",
         "|---|---|" + "---|" * len(groups),
@@ -142,7 +147,7 @@ def format_table1(
     for r in results:
         by_group: dict[str, list[Slope]] = {g: [] for g in groups}
         for s in r.slopes(step):
-            if s.quantity == quantity:
+            if s.quantity == quantity and s.group in by_group:
                 by_group[s.group].append(s)
         name = RULE_NAMES.get(r.rule, r.rule)
         cells = [_cell(by_group[g]) for g in groups]
