@@ -21,7 +21,14 @@ import yaml
 from optuna.trial import TrialState
 
 from mup2.config import ConfigError
-from mup2.sweep import expand, parse_sweep_config, prepare, run_sweep, run_worker
+from mup2.sweep import (
+    expand,
+    load_sweep_config,
+    parse_sweep_config,
+    prepare,
+    run_sweep,
+    run_worker,
+)
 from mup2.sweep.engine import sweep_state
 
 TRAIN: dict[str, Any] = {
@@ -316,3 +323,15 @@ def test_ctrl_c_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
 def running_sweep(cfg: Any, url: str) -> tuple[optuna.Study, list[Any]]:
     """The study and grid points of a running sweep, read without enqueuing anything."""
     return optuna.load_study(study_name=cfg.name, storage=url), expand(cfg)
+
+
+def test_relative_sqlite_storage_lives_beside_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "exp" / "s.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(sweep("rel", storage="sqlite:///store.db")))
+    cfg = load_sweep_config(path)
+    assert cfg.storage == f"sqlite:///{tmp_path / 'exp' / 'store.db'}"
+    prepare(cfg, cfg.storage)
+    # the same sweep from a clone elsewhere (another absolute path) reopens the study
+    moved = cfg.model_copy(update={"storage": f"sqlite:///{tmp_path / 'elsewhere.db'}"})
+    prepare(moved, cfg.storage)

@@ -35,6 +35,8 @@ __all__ = [
     "parse_sweep_config",
 ]
 
+_SQLITE = "sqlite:///"
+
 #: name -> (scheme family, perturbation scaling); ``mup`` is μP for the run's optimizer.
 PARAMETRIZATIONS: dict[str, tuple[Literal["sp", "mup"], str]] = {
     "sp-naive": ("sp", "naive"),
@@ -148,9 +150,18 @@ def parse_sweep_config(data: Mapping[str, Any]) -> SweepConfig:
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
-    """Read and validate a ``.toml``, ``.yaml`` or ``.yml`` sweep config."""
+    """Read and validate a ``.toml``, ``.yaml`` or ``.yml`` sweep config. A relative SQLite
+    ``storage`` (``sqlite:///name.db``) is taken relative to the config file's folder, so that a
+    sweep and its store can live together in a repository."""
     try:
-        return parse_sweep_config(read_config_file(path))
+        cfg = parse_sweep_config(read_config_file(path))
     except ConfigError as exc:
         msg = str(exc)
         raise ConfigError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
+    if cfg.storage and cfg.storage.startswith(_SQLITE):
+        file = Path(cfg.storage.removeprefix(_SQLITE))
+        if not file.is_absolute() and str(file) != ":memory:":
+            here = Path(path).resolve().parent
+            cfg = cfg.model_copy(update={"storage": f"{_SQLITE}{here / file}"})
+    return cfg
+

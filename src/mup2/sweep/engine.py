@@ -169,9 +169,9 @@ def prepare(cfg: SweepConfig, storage: str) -> tuple[optuna.Study, list[GridPoin
 
 def _grows(old: SweepConfig, new: SweepConfig) -> bool:
     """Whether ``new`` differs from ``old`` (raises :class:`ConfigError` unless only by a grown
-    grid; ``workers`` may always differ)."""
-    a = old.to_dict() | {"workers": 0, "grid": None}
-    b = new.to_dict() | {"workers": 0, "grid": None}
+    grid; ``workers`` and ``storage`` may always differ)."""
+    ignore = {"workers": 0, "storage": None, "grid": None}  # where and how fast, not what
+    a, b = old.to_dict() | ignore, new.to_dict() | ignore
     if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
         raise ConfigError(
             f"study {new.name!r} was made by a different sweep config (only the grid may grow); "
