@@ -259,3 +259,27 @@ def test_naive_and_global_leave_hidden_layers_unperturbed(scaling: str) -> None:
     # the note: -0.5 (naive) and -1 (global) in the limit; flatter at these small widths
     assert len(slopes) == 7 * LAYERS and max(slopes) <= -0.1, slopes
     assert sum(slopes) / len(slopes) <= (-0.25 if scaling == "naive" else -0.6), slopes
+
+
+def test_bert_tied_decoder_and_attention() -> None:
+    def bert(width: int) -> nn.Module:
+        cfg = transformers.BertConfig(
+            hidden_size=width,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=2 * width,
+            vocab_size=VOCAB,
+            max_position_embeddings=SEQ,
+        )
+        return transformers.BertForMaskedLM(cfg)
+
+    model = bert(128)
+    p = Parametrization.infer(model, _meta(lambda: bert(32)), "mup-sgd")
+    p.init_(model, seed=0)
+    assert p.forward_mults == {"cls.predictions.decoder": 0.25}
+    emb = p.tensors["bert.embeddings.word_embeddings.weight"]
+    assert emb.shape.role.value == "input"
+    query = p.tensors["bert.encoder.layer.0.attention.self.query.weight"]
+    assert query.shape.role.value == "hidden"
+    attn = model.bert.encoder.layer[0].attention.self
+    assert attn.scaling == pytest.approx(16**-0.5 * 16 / 64)

@@ -455,7 +455,7 @@ class Parametrization:
         if markdown:
             lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-            notes = self._notes()
+            notes = "\n".join(f"- {line}" for line in self._notes().splitlines())
             return f"{title}\n\n" + "\n".join(lines) + ("\n\n" + notes if notes else "")
         widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
         lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
