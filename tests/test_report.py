@@ -16,9 +16,11 @@ from typer.testing import CliRunner
 from mup2.cli import app
 from mup2.report import (
     TRIAL_COLUMNS,
+    Cell,
     ReportError,
     StudyNotFoundError,
     analyze,
+    difference,
     load_sweep,
     make_report,
 )
@@ -170,7 +172,16 @@ def test_make_report(storage: str, tmp_path: Path) -> None:
     md = files.summary.read_text()
     assert "| mup2 | 64, 128, 256 | 0 steps | 0 steps | +2.00 points | **holds** |" in md
     assert "| sp-naive | 64, 128, 256 | 2 steps | 0 steps | +1.00 points | **fails** |" in md
-    assert "| 256 | 2^-3 | 2^-4 | 81.00 ± 0.28 (2 seeds, ±1 sd) | 79.50 | +1.50 | 8/32 | 0 |" in md
+    # SAM − best base: 2 seeds each, sd 0.28: Welch df = 2, 4.303 * sqrt(2 * 0.28² / 2) = 1.22
+    assert (
+        "| 256 | 2^-3 | 2^-4 | 81.00 ± 0.28 (2 seeds, ±1 sd) | – | 79.50 | 79.50 (2^-3) "
+        "| +1.50 ± 1.22 | 8/32 | 0 |"
+    ) in md
+    assert "| 256 | 2^-3 | 2^-6 | 78.00 ± 0.28 (2 seeds, ±1 sd) | lowest ρ > 0 |" in md
+    assert float(opt["sp-naive", "256"]["gain"]) == pytest.approx(0.015)
+    assert float(opt["sp-naive", "256"]["gain_ci"]) == pytest.approx(
+        4.303 * 0.002 * 2**0.5, rel=1e-3
+    )
     for bad in (9, 6, 7):
         assert f"Unstable runs: {bad} of 96 finished." in md
     assert "1 failed" in md and "1 without the grid parameters (ignored)" in md
@@ -231,7 +242,7 @@ def test_unknown_study_and_storage(storage: str, tmp_path: Path) -> None:
     with pytest.raises(StudyNotFoundError, match=r"no study 'nope' .*studies there: 'fixture'"):
         load_sweep(storage, "nope")
     missing = tmp_path / "absent.db"
-    with pytest.raises(ReportError, match="no such SQLite storage"):
+    with pytest.raises(ReportError, match="no sweep store at .*absent.db"):
         load_sweep(f"sqlite:///{missing}", "fixture")
     assert not missing.exists()
     url = f"sqlite:///{tmp_path}/empty.db"
@@ -253,3 +264,14 @@ def test_cli(storage: str, tmp_path: Path) -> None:
     res = runner.invoke(app, [*args[:3], "--study", "nope", "--out", str(out)])
     assert res.exit_code == 2
     assert "no study 'nope'" in res.output and "'fixture'" in res.output
+
+
+def test_difference_is_welch() -> None:
+    a = Cell(64, 0.1, 0.1, (0.80, 0.82, 0.84), 0, 3, False)
+    b = Cell(64, 0.1, 0.0, (0.70, 0.75), 0, 2, False)
+    diff, half = difference(a, b)
+    va, vb = 0.02**2 / 3, (0.05 / 2**0.5) ** 2 / 2
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 1)  # 1.53: floored to 1
+    assert diff == pytest.approx(0.82 - 0.725) and math.floor(df) == 1
+    assert half == pytest.approx(12.706 * math.sqrt(va + vb))
+    assert math.isnan(difference(a, Cell(64, 0.1, 0.0, (0.7,), 0, 1, False))[1])

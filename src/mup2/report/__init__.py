@@ -13,7 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mup2.report.analysis import Analysis, Cell, Grid, Optimum, Transfer, analyze, t95
+from mup2.report.analysis import (
+    Analysis,
+    Cell,
+    Grid,
+    Optimum,
+    Transfer,
+    analyze,
+    difference,
+    t95,
+)
 from mup2.report.figures import plot_figure1, plot_rho_slice, plot_transfer, slug
 from mup2.report.load import (
     GRID_KEYS,
@@ -46,6 +55,7 @@ __all__ = [
     "Sweep",
     "Transfer",
     "analyze",
+    "difference",
     "load_sweep",
     "make_report",
     "plot_figure1",

@@ -18,6 +18,7 @@ __all__ = [
     "Optimum",
     "Transfer",
     "analyze",
+    "difference",
     "t95",
 ]
 
@@ -111,6 +112,19 @@ class Cell:
         return "95% CI" if self.n >= 3 else "±1 sd" if self.n == 2 else "one seed"
 
 
+def difference(a: Cell, b: Cell) -> tuple[float, float]:
+    """``mean(a) - mean(b)`` and the half-width of its 95% Welch t-interval (``nan`` unless both
+    cells have two or more seeds)."""
+    diff = a.mean - b.mean
+    if a.n < 2 or b.n < 2:
+        return diff, math.nan
+    va, vb = a.std**2 / a.n, b.std**2 / b.n
+    if va + vb == 0.0:
+        return diff, 0.0
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))  # Welch-Satterthwaite
+    return diff, t95(max(1, math.floor(df))) * math.sqrt(va + vb)
+
+
 @dataclass(frozen=True)
 class Grid:
     """All cells of one parametrization; axes are the values any of its trials asked for."""
@@ -158,6 +172,11 @@ class Optimum:
     region: tuple[Cell, ...]
     """Finished cells of this width (any ρ, the ρ = 0 row included) within ``within`` of the
     optimum's mean accuracy."""
+    best_base: Cell | None = None
+    """The best stable ρ = 0 cell of this width (the base optimizer at its own best η)."""
+    edges: tuple[str, ...] = ()
+    """Where the optimum sits on the grid's boundary: ``"lowest η"``, ``"highest η"``,
+    ``"lowest ρ > 0"``, ``"highest ρ"``; an optimum there may lie outside the grid."""
 
     @property
     def width(self) -> int:
@@ -276,7 +295,32 @@ def _optimum(g: Grid, width: int, within: float) -> Optimum | None:
     best = max(sorted(pool, key=lambda c: (c.lr, c.rho)), key=lambda c: c.mean)  # first on ties
     base = g.cell(width, best.lr, 0.0) if best.rho > 0 else None
     region = tuple(c for c in done if c.mean >= best.mean - within)
-    return Optimum(g.parametrization, best, None if base is None or base.missing else base, region)
+    bases = [c for c in done if c.rho == 0]
+    bases = [c for c in bases if not c.unstable] or bases
+    best_base = max(sorted(bases, key=lambda c: c.lr), key=lambda c: c.mean) if bases else None
+    return Optimum(
+        g.parametrization,
+        best,
+        None if base is None or base.missing else base,
+        region,
+        best_base,
+        _edges(g, best),
+    )
+
+
+def _edges(g: Grid, c: Cell) -> tuple[str, ...]:
+    lrs = sorted({k[1] for k in g.cells if k[0] == c.width})
+    rhos = sorted({k[2] for k in g.cells if k[0] == c.width and k[2] > 0})
+    out = []
+    if len(lrs) > 1 and c.lr == lrs[0]:
+        out.append("lowest η")
+    if len(lrs) > 1 and c.lr == lrs[-1]:
+        out.append("highest η")
+    if c.rho > 0 and len(rhos) > 1 and c.rho == rhos[0]:
+        out.append("lowest ρ > 0")
+    if c.rho > 0 and len(rhos) > 1 and c.rho == rhos[-1]:
+        out.append("highest ρ")
+    return tuple(out)
 
 
 def _transfer(g: Grid, optima: list[Optimum], max_steps: int, tolerance: float) -> Transfer:

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from mup2.report.analysis import Analysis, Transfer
+from mup2.report.analysis import Analysis, Optimum, Transfer, difference
 from mup2.report.load import Sweep
 
 __all__ = [
@@ -43,6 +43,11 @@ OPTIMA_COLUMNS = (
     "spread_kind",
     "seeds",
     "base_accuracy",
+    "best_base_lr",
+    "best_base_accuracy",
+    "gain",
+    "gain_ci",
+    "edges",
     "unstable_runs",
     "finished_runs",
     "unfinished_cells",
@@ -79,6 +84,8 @@ def write_optima_csv(a: Analysis, path: Path) -> Path:
             bad, done = a.unstable_runs(p, w)
             c = o.cell
             base = o.base.mean if o.base is not None else None
+            bb = o.best_base
+            gain, ci = _gain(o)
             rows.append(
                 [
                     p,
@@ -90,12 +97,25 @@ def write_optima_csv(a: Analysis, path: Path) -> Path:
                     c.spread_kind,
                     c.n,
                     base,
+                    bb.lr if bb is not None else None,
+                    bb.mean if bb is not None else None,
+                    gain,
+                    ci,
+                    ";".join(o.edges),
                     bad,
                     done,
                     a.grids[p].missing(w),
                 ]
             )
     return _write(path, OPTIMA_COLUMNS, rows)
+
+
+def _gain(o: Optimum) -> tuple[float | None, float | None]:
+    """SAM's optimum minus the base optimizer's (each at its own best η), with the 95% Welch
+    half-width; ``None`` when the optimum is not a SAM cell or no base run finished."""
+    if o.best_base is None or o.rho == 0:
+        return None, None
+    return difference(o.cell, o.best_base)
 
 
 def _pow2(x: float) -> str:
@@ -159,7 +179,9 @@ def write_summary(a: Analysis, path: Path, figures: Sequence[Path], tables: Sequ
         "unstable when its mean is below that or half of its seeds are. The optimum (η*, ρ*) "
         "of a width is the stable cell with the best mean over ρ > 0 (over ρ = 0 if no SAM run "
         "finished; over unstable cells if no stable one); *base* is the base optimizer "
-        "(ρ = 0) at the same η.",
+        "(ρ = 0) at the same η, *best base* the base optimizer at its own best η, and "
+        "*SAM − best base* SAM's gain with the 95% Welch interval of the difference. *Edge*: "
+        "the optimum lies on the grid's boundary, so the true optimum may lie outside it.",
         "",
         "## Transfer",
         "",
@@ -191,26 +213,34 @@ def write_summary(a: Analysis, path: Path, figures: Sequence[Path], tables: Sequ
             "",
             f"### {p}",
             "",
-            "| width | η* | ρ* | accuracy | base (ρ = 0, same η) | SAM − base | unstable runs "
-            "| unfinished cells |",
-            "|---|---|---|---|---|---|---|---|",
+            "| width | η* | ρ* | accuracy | edge | base (ρ = 0, same η) | best base (η) "
+            "| SAM − best base | unstable runs | unfinished cells |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for w in g.widths:
             o = a.optimum(p, w)
             bad, done = a.unstable_runs(p, w)
             todo = g.missing(w)
             if o is None:
-                lines.append(f"| {w} | – | – | no finished run | – | – | {bad}/{done} | {todo} |")
+                lines.append(
+                    f"| {w} | – | – | no finished run | – | – | – | – | {bad}/{done} | {todo} |"
+                )
                 continue
             c = o.cell
             acc = f"{_pts(c.mean)} ± {_pts(c.spread)} ({c.n} seeds, {c.spread_kind})"
             if c.n == 1:
                 acc = f"{_pts(c.mean)} (one seed)"
             base = f"{_pts(o.base.mean)}" if o.base is not None else "–"
-            gain = f"{100 * (c.mean - o.base.mean):+.2f}" if o.base is not None else "–"
+            bb = o.best_base
+            best = f"{_pts(bb.mean)} ({_pow2(bb.lr)})" if bb is not None else "–"
+            g_, ci = _gain(o)
+            gain = "–" if g_ is None else f"{100 * g_:+.2f}"
+            if g_ is not None and ci is not None and math.isfinite(ci):
+                gain += f" ± {_pts(ci)}"
+            edge = ", ".join(o.edges) or "–"
             lines.append(
-                f"| {w} | {_pow2(o.lr)} | {_pow2(o.rho)} | {acc} | {base} | {gain} "
-                f"| {bad}/{done} | {todo} |"
+                f"| {w} | {_pow2(o.lr)} | {_pow2(o.rho)} | {acc} | {edge} | {base} | {best} "
+                f"| {gain} | {bad}/{done} | {todo} |"
             )
         bad, done = a.unstable_runs(p)
         lines += ["", f"Unstable runs: {bad} of {done} finished."]
