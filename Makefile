@@ -10,7 +10,7 @@ FMNIST_DIR := $(or $(MUP2_FASHION_MNIST_DIR),/usr/share/datasets/fashion-mnist)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,bench,postgres,hf]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,bench,postgres,hf,lightning,accelerate]"
 	touch $(STAMP)
 
 setup: $(STAMP)
