@@ -14,7 +14,7 @@ No host synchronization: the scale stays a device tensor; a zero or non-finite n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -22,9 +22,16 @@ from torch import Tensor
 __all__ = ["norms", "perturbation_direction", "safe_divide"]
 
 
-def norms(tensors: Sequence[Tensor], like: Tensor) -> Tensor:
-    """The Frobenius norms of ``tensors`` as one 1-D tensor with ``like``'s device and dtype."""
+def norms(
+    tensors: Sequence[Tensor], like: Tensor, reduce: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
+    """The Frobenius norms of ``tensors`` as one 1-D tensor with ``like``'s device and dtype.
+
+    ``reduce`` (FSDP, :func:`mup2.shards.shard_reducer`) maps the squared norms of local shards
+    to the global ones with one collective."""
     ns = torch._foreach_norm(list(tensors))
+    if reduce is not None:
+        return torch.sqrt(reduce(torch.stack(ns).to(device=like.device, dtype=like.dtype) ** 2))
     try:  # one device: stack (promoting mixed dtypes) and convert once
         return torch.stack(ns).to(device=like.device, dtype=like.dtype)
     except RuntimeError:  # several devices
@@ -45,6 +52,7 @@ def perturbation_direction(
     rho2s: Tensor,
     eta: Sequence[float],
     scratch: Sequence[Tensor] | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[list[Tensor], Tensor]:
     """``(d, k)`` with ``eps_W = k_W * d_W``.
 
@@ -53,10 +61,10 @@ def perturbation_direction(
     ``rho_W**2 s_W`` per tensor; ``eta``: the ASAM offset of each tensor; ``scratch``: tensors
     like ``params`` that elementwise ASAM may overwrite (saves a parameter-sized temporary).
     ``k`` has their device and dtype; under SAM, SAM-ON and elementwise ASAM it is proportional
-    to ``rho2c``.
+    to ``rho2c``. ``reduce``: see :func:`norms` (the tensors are then local shards).
     """
     if rule in ("sam", "sam-on"):
-        sq = norms(grads, rho2c) ** 2
+        sq = norms(grads, rho2c, reduce) ** 2
         return list(grads), safe_divide(rho2c, torch.sqrt(torch.sum(rho2s * sq)))
     if rule == "asam":
         if scratch is None:
@@ -67,11 +75,12 @@ def perturbation_direction(
             torch._foreach_abs_(a)
         torch._foreach_add_(a, list(eta))
         d = list(torch._foreach_mul(list(grads), a))  # A g
-        sq = norms(d, rho2c) ** 2
+        sq = norms(d, rho2c, reduce) ** 2
         torch._foreach_mul_(d, a)  # A^2 g
         return d, safe_divide(rho2c, torch.sqrt(torch.sum(rho2s * sq)))
     if rule == "asam-layerwise":
-        a2 = (norms(params, rho2c) + torch.tensor(eta, dtype=rho2c.dtype, device=rho2c.device)) ** 2
-        sq = a2 * norms(grads, rho2c) ** 2
+        offset = torch.tensor(eta, dtype=rho2c.dtype, device=rho2c.device)
+        a2 = (norms(params, rho2c, reduce) + offset) ** 2
+        sq = a2 * norms(grads, rho2c, reduce) ** 2
         return list(grads), safe_divide(rho2c * a2, torch.sqrt(torch.sum(rho2s * sq)))
     raise ValueError(f"unknown SAM rule {rule!r}")
