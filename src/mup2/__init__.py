@@ -5,7 +5,7 @@ from mup2.initializers import InitRule
 from mup2.lightsam import LightSAM
 from mup2.lr import attach_lr_multipliers, multiplied_lrs
 from mup2.parametrize import Override, Parametrization, TensorSpec
-from mup2.passes import frozen_bn_stats, no_sync
+from mup2.passes import frozen_bn_stats, gradient_sync, no_sync
 from mup2.sam import SAM
 from mup2.schemes import (
     LIGHTSAM_RULES,
@@ -42,6 +42,7 @@ __all__ = [
     "attach_lr_multipliers",
     "frozen_bn_stats",
     "get_scheme",
+    "gradient_sync",
     "infer_shapes",
     "multiplied_lrs",
     "no_sync",
