@@ -164,4 +164,3 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
             here = Path(path).resolve().parent
             cfg = cfg.model_copy(update={"storage": f"{_SQLITE}{here / file}"})
     return cfg
-
