@@ -278,6 +278,11 @@ def test_worker_returns_at_once_when_nothing_is_waiting(tmp_path: Path) -> None:
     assert run_worker(url, "idle") == 0
 
 
+@pytest.mark.xfail(
+    reason="issue 9: its poll opens the store while the sweep creates it (a race), not yet fixed "
+    "on main",
+    strict=False,
+)
 def test_ctrl_c_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
     """Ctrl-C in a terminal reaches the driver and its workers (one process group)."""
     grid = {**GRID, "widths": [64, 128], "parametrizations": ["mup2"], "rho": [0.05]}
