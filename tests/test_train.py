@@ -8,6 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 import mup2
+from mup2.checkpoint import load_checkpoint, save_checkpoint
 from mup2.cli import app
 from mup2.config import ScheduleConfig, TrainConfig, parse_config
 from mup2.data import synthetic_classification
@@ -159,9 +160,9 @@ def test_divergence_stops_the_run_and_keeps_finite_metrics(tmp_path: Path) -> No
     # a run whose weights become non-finite after epoch 1: epoch 2 diverges at its first step
     run = tmp_path / "late"
     train(_cfg(epochs=1), run)
-    state = torch.load(run / CHECKPOINT, weights_only=True)
+    state = load_checkpoint(run / CHECKPOINT)
     state["model"]["head.weight"][0, 0] = math.inf
-    torch.save(state, run / CHECKPOINT)
+    save_checkpoint(state, run / CHECKPOINT)  # a checkpoint that is sound, of a broken model
     late = train(_cfg(epochs=3), run)
     assert late.status == "unstable" and late.diverged_at == (2, 0)
     assert _strip(late) == [

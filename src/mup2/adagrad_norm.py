@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mup2.errors import check_finite
+
 __all__ = ["AdaGradNorm"]
 
 
@@ -31,6 +33,8 @@ class AdaGradNorm(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         width_aware: bool = True,
     ) -> None:
+        for name, value in (("lr", lr), ("eps0", eps0), ("weight_decay", weight_decay)):
+            check_finite(name, value)
         if not lr > 0.0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if not eps0 > 0.0:

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from mup2.errors import UserError
 from mup2.models.registry import base_width as _default_base_width
 from mup2.precision import Precision
 from mup2.schemes import perturb_scaling
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that does not validate; the message has one ``key: problem`` line per error."""
 
 
@@ -346,6 +347,12 @@ class TrainConfig(Section):
                 "sam.rule: 'sam-on' perturbs only normalization layers and the MLP has none; "
                 "set model.norm to 'layer' or 'batch'"
             )
+        n = self.data.train_size
+        if n is not None and self.batch_size > n:
+            raise ValueError(
+                f"batch_size: {self.batch_size} is more than data.train_size = {n}; lower "
+                "batch_size or raise data.train_size"
+            )
         if self.schedule.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"schedule.warmup_epochs: {self.schedule.warmup_epochs} must be below "
@@ -430,7 +437,12 @@ def parse_config(data: Mapping[str, Any]) -> TrainConfig:
 def read_config_file(path: str | Path) -> Any:
     """The parsed contents of a ``.toml``, ``.yaml`` or ``.yml`` file (an empty file: ``{}``)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {exc.start}); save it as UTF-8"
+        ) from None
     try:
         if path.suffix == ".toml":
             return tomllib.loads(text)

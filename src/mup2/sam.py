@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from mup2.errors import check_finite
 from mup2.lr import attach_lr_multipliers
 from mup2.passes import frozen_bn_stats, no_sync
 from mup2.perturb import perturbation_direction
@@ -121,6 +122,8 @@ class SAM(torch.optim.Optimizer):
         sync_perturbation: bool = False,
         **base_kwargs: Any,
     ) -> None:
+        for name, value in (("rho", rho), ("eta", eta), *base_kwargs.items()):
+            check_finite(name, value)  # torch's optimizers take lr=nan and weight_decay=inf
         if not (rho >= 0.0):
             raise ValueError(f"rho must be >= 0, got {rho}")
         if not (eta >= 0.0):
@@ -135,6 +138,10 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self._base = self.base_optimizer
         self.param_groups = self.base_optimizer.param_groups
+        for i, group in enumerate(self.param_groups):
+            for name, value in group.items():
+                if name != "params":
+                    check_finite(f"param group {i}: {name}", value)
         self.defaults.update(self.base_optimizer.defaults)
         attach_lr_multipliers(self.base_optimizer)
         if rule == "sam-on" and not any(g["norm"] for g in self.param_groups):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,11 +28,13 @@ from torch import Tensor, nn
 from torch.optim import lr_scheduler
 from tqdm import tqdm
 
+from mup2.checkpoint import load_checkpoint, save_checkpoint
 from mup2.config import (
     AdagradConfig,
     AdaGradNormConfig,
     AdamWConfig,
     CIFARData,
+    ConfigError,
     DataConfig,
     FashionMNISTData,
     IDXData,
@@ -53,6 +54,7 @@ from mup2.data import (
     synthetic_classification,
     with_label_noise,
 )
+from mup2.errors import UserError
 from mup2.lightsam import LightSAM, Variant, descent_optimizer
 from mup2.models.registry import build_model
 from mup2.parametrize import Parametrization
@@ -78,11 +80,24 @@ __all__ = [
 
 CHECKPOINT, CONFIG, METRICS, RESULT = "checkpoint.pt", "config.json", "metrics.jsonl", "result.json"
 Status = Literal["ok", "unstable"]
+#: Keys every checkpoint holds (:func:`mup2.checkpoint.load_checkpoint` checks them).
+_CHECKPOINT_KEYS = (
+    "config",
+    "epoch",
+    "status",
+    "diverged_at",
+    "metrics",
+    "seconds",
+    "model",
+    "optimizer",
+    "scheduler",
+    "rng",
+)
 #: Keys that may differ between a checkpoint's config and the resuming one.
 _RESUME_FREE = frozenset({"epochs", "device", "progress", "checkpoint"})
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """The run directory's checkpoint cannot be resumed with this config."""
 
 
@@ -133,10 +148,18 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU; otherwise ``torch.device(name)``."""
+    """``auto``: CUDA when available, else CPU; otherwise ``torch.device(name)``, which must
+    exist here (:class:`mup2.config.ConfigError` otherwise)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        found = torch.cuda.device_count()
+        raise ConfigError(
+            f"device: {name!r}, but this machine has {found or 'no'} CUDA GPU"
+            f"{'s' if found != 1 else ''}; set device = 'cpu' or 'auto'"
+        )
+    return device
 
 
 def load_data(cfg: DataConfig) -> DataSplits:
@@ -269,6 +292,11 @@ def train(
     """
     device = resolve_device(config.device)
     splits = prepare_data(config, data)
+    if config.batch_size > len(splits.train):
+        raise ConfigError(
+            f"batch_size: {config.batch_size} is more than the {len(splits.train)} training "
+            "examples; lower batch_size (or use more data)"
+        )
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(config.seed, 2))
@@ -432,7 +460,7 @@ class _Run:
         if self.dir is None or not self.cfg.checkpoint:
             return
         state = {
-            "format": 1,
+            "format": 2,
             "config": self.cfg.to_dict(),
             "epoch": epoch,
             "status": self.status,
@@ -445,9 +473,7 @@ class _Run:
             "rng": _rng_state(self.device),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
-        tmp = self.dir / (CHECKPOINT + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.dir / CHECKPOINT)
+        save_checkpoint(state, self.dir / CHECKPOINT)
 
     def _resume(self) -> int | None:
         """Load the run directory's checkpoint and return its number of completed epochs
@@ -456,7 +482,7 @@ class _Run:
         path = self.dir / CHECKPOINT
         if not path.is_file():
             return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(path, _CHECKPOINT_KEYS)
         _check_resumable(state["config"], self.cfg, int(state["epoch"]), self.dir)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mup2.data.dataset import DataSplits, ImageData, channel_stats
+from mup2.errors import DataError
 
 __all__ = ["CIFAR_ENV", "load_cifar", "resolve_cifar_dir"]
 
@@ -52,14 +53,19 @@ def resolve_cifar_dir(num_classes: int, root: str | Path | None = None) -> Path:
 
 def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     with path.open("rb") as f:
-        d = pickle.load(f, encoding="bytes")
+        try:
+            d = pickle.load(f, encoding="bytes")
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            msg = f"{path}: not a readable CIFAR batch ({exc or 'empty'}); extract it again"
+            raise DataError(msg) from None
     key = label_key.encode()
-    if b"data" not in d or key not in d:
-        raise ValueError(f"{path}: not a CIFAR batch (keys {sorted(d)}; need data and {key!r})")
+    if not isinstance(d, dict) or b"data" not in d or key not in d:
+        keys = sorted(d) if isinstance(d, dict) else type(d).__name__
+        raise DataError(f"{path}: not a CIFAR batch (keys {keys}; need data and {key!r})")
     data = np.asarray(d[b"data"], dtype=np.uint8)
     labels = np.asarray(d[key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
-        raise ValueError(f"{path}: data {data.shape} and labels {labels.shape} are not CIFAR's")
+        raise DataError(f"{path}: data {data.shape} and labels {labels.shape} are not CIFAR's")
     return data, labels
 
 
@@ -73,7 +79,7 @@ def load_cifar(num_classes: int = 10, root: str | Path | None = None) -> DataSpl
         data = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
         labels = np.concatenate([p[1] for p in parts])
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"{path}: labels outside [0, {num_classes})")
+            raise DataError(f"{path}: labels outside [0, {num_classes}); check the files")
         splits.append(ImageData(torch.from_numpy(data.copy()), torch.from_numpy(labels)))
     mean, std = channel_stats(splits[0].images)
     return DataSplits(f"cifar{num_classes}", splits[0], splits[1], num_classes, mean, std)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor
 
 from mup2.data.dataset import DataSplits, ImageData, channel_stats
+from mup2.errors import DataError
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
@@ -37,17 +39,27 @@ def read_idx(path: str | Path) -> Tensor:
     sizes, then the data in row-major order.
     """
     path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            msg = f"{path}: damaged or truncated gzip file ({exc}); fetch it again"
+            raise DataError(msg) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
+        raise DataError(
+            f"{path} is not an IDX file (bad magic number {raw[:4].hex()}); point the data "
+            "root at MNIST-format files"
+        )
     ndim = raw[3]
     dims = [int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4)]
     dtype = np.dtype(_DTYPES[raw[2]])
     offset = 4 + 4 * ndim
     count = int(np.prod(dims)) if dims else 1
     if len(raw) - offset != count * dtype.itemsize:
-        raise ValueError(
-            f"{path}: header says {dims} x {dtype.itemsize} bytes, found {len(raw) - offset}"
+        raise DataError(
+            f"{path}: header says {dims} x {dtype.itemsize} bytes, found {len(raw) - offset} "
+            "(a truncated or damaged file); fetch it again"
         )
     arr = np.frombuffer(raw, dtype, count=count, offset=offset).reshape(dims)
     return torch.from_numpy(arr.astype(dtype.newbyteorder("="), copy=True))
@@ -60,7 +72,7 @@ def _find(root: Path, split: str, kind: str) -> Path:
         for suffix in ("", ".gz"):
             if (root / (stem + suffix)).is_file():
                 return root / (stem + suffix)
-    raise FileNotFoundError(f"no {stems[0]}[.gz] in {root}")
+    raise FileNotFoundError(f"no {stems[0]}[.gz] in {root}; check the data root")
 
 
 def load_idx_dataset(root: str | Path, name: str = "idx", num_classes: int = 10) -> DataSplits:
@@ -69,12 +81,24 @@ def load_idx_dataset(root: str | Path, name: str = "idx", num_classes: int = 10)
     root = Path(root)
     splits = []
     for split in ("train", "test"):
-        images = read_idx(_find(root, split, "images"))
-        labels = read_idx(_find(root, split, "labels")).to(torch.int64)
+        images_path, labels_path = _find(root, split, "images"), _find(root, split, "labels")
+        images, labels = read_idx(images_path), read_idx(labels_path)
         if images.ndim != 3 or images.dtype != torch.uint8:
-            raise ValueError(f"{root}: {split} images must be uint8 (N, H, W)")
-        if labels.numel() and int(labels.max()) >= num_classes:
-            raise ValueError(f"{root}: {split} label {int(labels.max())} >= {num_classes}")
+            raise DataError(
+                f"{images_path}: holds {images.dtype} {list(images.shape)}, not uint8 images "
+                "(N, H, W); check that the files are not swapped or mislabelled"
+            )
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DataError(
+                f"{labels_path}: holds shape {list(labels.shape)}, not one label per each of "
+                f"the {len(images)} images in {images_path.name}; check the files belong together"
+            )
+        labels = labels.to(torch.int64)
+        if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+            raise DataError(
+                f"{labels_path}: labels span {int(labels.min())}..{int(labels.max())}, outside "
+                f"0..{num_classes - 1}; set data.num_classes or check the file"
+            )
         splits.append(ImageData(images.unsqueeze(1), labels))
     mean, std = channel_stats(splits[0].images)
     return DataSplits(name, splits[0], splits[1], num_classes, mean, std)
