@@ -2,34 +2,41 @@
 
 from __future__ import annotations
 
-import contextlib
+import multiprocessing as mp
 import os
+import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from typer.testing import CliRunner
 
+import mup2.sweep.engine
+from mup2.cli import app
 from mup2.config import ConfigError
 from mup2.sweep import (
     expand,
     load_sweep_config,
+    open_sweep,
     parse_sweep_config,
     prepare,
     run_sweep,
     run_worker,
+    sweep_state,
 )
-from mup2.sweep.engine import sweep_state
+from mup2.sweep.owner import OWNER
 
 TRAIN: dict[str, Any] = {
     "epochs": 1,
@@ -56,9 +63,14 @@ def grid_trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials() if "grid" in t.user_attrs]
 
 
-def assert_complete_once(storage: str, name: str, n_points: int) -> None:
-    """No gaps, no duplicates: every grid point has exactly one finished trial."""
+def assert_complete_once(storage: str, name: str, n_points: int, *, only: bool = False) -> None:
+    """No gaps, no duplicates: every grid point has exactly one finished trial, and every trial
+    is a grid point's (no bookkeeping trials); ``only``: and no other trial (no retries)."""
+    every = optuna.load_study(study_name=name, storage=storage).get_trials()
     trials = grid_trials(storage, name)
+    assert len(trials) == len(every), [t.user_attrs for t in every if "grid" not in t.user_attrs]
+    if only:
+        assert len(trials) == n_points, Counter(t.state.name for t in trials)
     done = Counter(tuple(sorted(t.params.items())) for t in trials if t.state.is_finished()
                    and t.state == TrialState.COMPLETE)  # fmt: skip
     assert len(done) == n_points and set(done.values()) == {1}
@@ -183,40 +195,215 @@ def test_a_diverging_run_is_stored_as_unstable_and_the_sweep_goes_on(tmp_path: P
     assert all(t.user_attrs["status"] == "ok" for t in stable)
 
 
-SLOW = {**TRAIN, "epochs": 6, "data": {"name": "synthetic", "train_size": 2048, "test_size": 64}}
+SLOW = {**TRAIN, "epochs": 3, "data": {"name": "synthetic", "train_size": 2048, "test_size": 64}}
+SLOW_GRID = {**GRID, "widths": [64, 128], "parametrizations": ["mup2"], "rho": [0.05]}
+#: 8 quick points, all at rho > 0.
+TINY = {**TRAIN, "data": {"name": "synthetic", "train_size": 128, "test_size": 64}}
+TINY_GRID = {"widths": [16], "lr": [0.05, 0.2], "rho": [0.05, 0.1],
+             "parametrizations": ["mup2", "mup-global"]}  # fmt: skip
+CLI = [sys.executable, "-m", "mup2.cli"]
 
 
-def test_killed_worker_trial_is_retried_and_finished_trials_are_kept(tmp_path: Path) -> None:
-    grid = {**GRID, "widths": [64, 128], "parametrizations": ["mup2"], "rho": [0.05]}
-    cfg = parse_sweep_config(sweep("kill", train=SLOW, grid=grid))
+def lines_until(stream: IO[str], *patterns: str) -> Iterator[re.Match[str]]:
+    """Read ``stream`` line by line (blocking: the process's own output is the signal), yielding
+    the match of each pattern in turn."""
+    for pattern in patterns:
+        for line in stream:
+            if m := re.search(pattern, line):
+                yield m
+                break
+        else:
+            pytest.fail(f"the output ended before a line matching {pattern!r}")
+
+
+def wait_exit(pid: int, timeout: float = 120) -> None:
+    """Wait until ``pid`` (not our child) has exited."""
+    fd = os.pidfd_open(pid)
+    try:
+        assert select.select([fd], [], [], timeout)[0], f"process {pid} is still running"
+    finally:
+        os.close(fd)
+
+
+def test_a_restarted_worker_takes_over_its_killed_predecessors_trial(tmp_path: Path) -> None:
+    """kill -9 while a trial runs; a new worker on the same host sees its owner is gone and
+    runs it again at once (no wait for the heartbeat), keeping the finished ones."""
+    cfg = parse_sweep_config(sweep("kill", train=SLOW, grid=SLOW_GRID, heartbeat_seconds=60))
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     study, points = prepare(cfg, url)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "mup2.cli", "worker", "--storage", url, "--study", "kill"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill -9 once a trial finished and the next is running
-        state = sweep_state(study, points)
-        if state.complete >= 1 and state.running == 1:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("the worker never got going")
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
-    before = {t.number: t.value for t in grid_trials(url, "kill") if t.state == TrialState.COMPLETE}
-    in_flight = sweep_state(study, points).running  # 1, unless the kill fell between trials
-    assert before and in_flight <= 1
+    args = [*CLI, "worker", "--storage", url, "--study", "kill"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert first.stdout is not None
+    _, started = lines_until(first.stdout, r"trial \d+ complete", r"trial (\d+) started")
+    os.kill(first.pid, signal.SIGKILL)  # it holds a running trial: it printed so after claiming
+    first.wait()
+    first.stdout.close()
+    before = {t.number: t.value for t in grid_trials(url, "kill") if t.state.is_finished()}
+    assert before and sweep_state(study, points).running == 1
 
-    storage, final = run_sweep(cfg, tmp_path, progress=False)  # resume: waits out the heartbeat
-    assert final.done and final.complete == len(points)
-    assert_complete_once(storage, "kill", len(points))
-    after = {t.number: t.value for t in grid_trials(url, "kill") if t.state == TrialState.COMPLETE}
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert f"ran {len(points) - len(before)} trials" in second.stdout
+    assert_complete_once(url, "kill", len(points))
+    after = {t.number: t.value for t in grid_trials(url, "kill") if t.state.is_finished()}
     assert {n: after[n] for n in before} == before  # finished work kept, not rerun
-    failed = [t for t in grid_trials(url, "kill") if t.state == TrialState.FAIL]
-    assert len(failed) == in_flight  # the killed trial, failed once stale and retried
+    (lost,) = [t for t in grid_trials(url, "kill") if t.state == TrialState.FAIL]
+    assert lost.number == int(started[1]) and lost.user_attrs["error"] == "its worker died"
+
+
+def test_workers_stop_when_their_driver_is_killed(tmp_path: Path) -> None:
+    """kill -9 of `mup2 sweep`: its worker stops too, queueing its trial again; a resume
+    finishes the sweep."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep("orphan", train=SLOW, grid=SLOW_GRID)))
+    run = tmp_path / "run"
+    driver = subprocess.Popen(
+        [*CLI, "sweep", str(path), "--run-dir", str(run), "--workers", "1", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert driver.stdout is not None
+    (started,) = lines_until(driver.stdout, r"worker (\d+): trial \d+ started")
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    driver.stdout.close()
+    wait_exit(int(started[1]))
+    cfg = load_sweep_config(path)
+    url = f"sqlite:///{run / 'sweep.db'}"
+    study, _, points = open_sweep(url, "orphan")
+    state = sweep_state(study, points)
+    assert state.running == 0 and state.waiting == len(expand(cfg)) - state.complete
+    storage, final = run_sweep(cfg, run, progress=False)
+    assert final.finished
+    assert_complete_once(storage, "orphan", len(expand(cfg)))
+
+
+def _cli_child(barrier: Any, argv: list[str], log: str) -> None:
+    """One mup2 command in a process of its own, started when all the others are ready."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    from mup2.cli import main
+
+    sys.argv = ["mup2", *argv]
+    barrier.wait()  # every process has imported everything: they open the store together
+    main()
+
+
+def together(argvs: list[list[str]], logs: Path) -> list[tuple[int | None, str]]:
+    """Run mup2 commands in processes released at one instant; (exit code, output) of each."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(len(argvs))
+    files = [logs / f"process-{i}.log" for i in range(len(argvs))]
+    procs = [
+        ctx.Process(target=_cli_child, args=(barrier, argv, str(f)))
+        for argv, f in zip(argvs, files, strict=True)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+    return [(p.exitcode, f.read_text()) for p, f in zip(procs, files, strict=True)]
+
+
+def _new_database(postgres: str, name: str, *, tables: bool) -> str:
+    import psycopg2
+
+    url = postgres.rsplit("/", 1)[0] + f"/{name}"
+    conn = psycopg2.connect(postgres.replace("postgresql+psycopg2", "postgresql"))
+    conn.autocommit = True
+    conn.cursor().execute(f"CREATE DATABASE {name}")
+    conn.close()
+    if tables:  # another study made them: the tables exist, this sweep's study does not
+        optuna.create_study(study_name="other", storage=url)
+    return url
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql", "postgresql-tables"])
+def test_four_drivers_start_together_on_one_store(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Four `mup2 sweep` of one sweep (each with a worker) start at one instant on a new store:
+    no crash, every point queued and run exactly once, no other trial."""
+    if store == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    else:
+        url = _new_database(
+            request.getfixturevalue("postgres"), f"four_{store[-6:]}", tables="-" in store
+        )
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep("four", storage=url, train=TINY, grid=TINY_GRID)))
+    n = len(expand(load_sweep_config(path)))
+    argvs = [
+        ["sweep", str(path), "--run-dir", str(tmp_path / f"run{i}"), "--workers", "1",
+         "--no-report", "--no-progress"]
+        for i in range(4)
+    ]  # fmt: skip
+    for code, log in together(argvs, tmp_path):
+        assert code == 0 and "Traceback" not in log, log
+        assert f"sweep four: {n}/{n} runs finished" in log, log
+    assert_complete_once(url, "four", n, only=True)
+
+
+def test_four_workers_start_together(tmp_path: Path) -> None:
+    """Four `mup2 worker` claim from one queue at one instant: each point runs once, all exit 0
+    (the sweep finished) and no worker leaves a trial of its own."""
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    _, points = prepare(parse_sweep_config(sweep("claim", train=TINY, grid=TINY_GRID)), url)
+    argvs = [["worker", "--storage", url, "--study", "claim"]] * 4
+    results = together(argvs, tmp_path)
+    for code, log in results:
+        assert code == 0 and "Traceback" not in log, log
+    ran = [int(re.findall(r"ran (\d+) trials", log)[0]) for _, log in results]
+    assert sum(ran) == len(points)
+    assert_complete_once(url, "claim", len(points), only=True)
+
+
+def test_a_stale_trial_of_another_host_is_requeued(tmp_path: Path) -> None:
+    """A running trial owned on another machine is judged by its heartbeat alone: once silent
+    for 3 heartbeats it fails and runs again."""
+    import sqlalchemy
+
+    cfg = parse_sweep_config(sweep("stale", train=TINY, grid=TINY_GRID))
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    study, points = prepare(cfg, url)
+    store: Any = study._storage
+    first = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert store.set_trial_state_values(first._trial_id, state=TrialState.RUNNING)
+    store.set_trial_system_attr(first._trial_id, OWNER, {"host": "elsewhere", "pid": 1})
+    store.record_heartbeat(first._trial_id)
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:  # its last heartbeat, an hour ago
+        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = "
+                                     "datetime(heartbeat, '-1 hour')"))  # fmt: skip
+    engine.dispose()
+    assert run_worker(url, "stale") == len(points)
+    assert_complete_once(url, "stale", len(points))
+    (lost,) = [t for t in grid_trials(url, "stale") if t.state == TrialState.FAIL]
+    assert lost.number == first.number
+
+
+def test_worker_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0: the sweep finished; 1: runs failed; 3: stopped with runs left; 2: bad input."""
+    runner = CliRunner()
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    _, points = prepare(parse_sweep_config(sweep("codes", train=TINY, grid=TINY_GRID)), url)
+    args = ["worker", "--storage", url, "--study", "codes"]
+    res = runner.invoke(app, [*args, "--max-trials", "1"])
+    assert res.exit_code == 3 and "ran 1 trials" in res.output, res.output
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and f"{len(points)}/{len(points)} runs finished" in res.output
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(mup2.sweep.engine, "train", broken)
+    _, points = prepare(parse_sweep_config(sweep("fails", train=TINY, grid=TINY_GRID)), url)
+    res = runner.invoke(app, ["worker", "--storage", url, "--study", "fails"])
+    assert res.exit_code == 1 and f"({len(points)} failed, 0 left)" in res.output, res.output
+    trial = grid_trials(url, "fails")[0]
+    assert trial.user_attrs["error"] == "RuntimeError: broken on purpose"
+    res = runner.invoke(app, ["worker", "--storage", url, "--study", "nope"])
+    assert res.exit_code == 2 and "no sweep 'nope'" in res.output
 
 
 def _pg_bin() -> Path | None:
@@ -278,56 +465,43 @@ def test_worker_returns_at_once_when_nothing_is_waiting(tmp_path: Path) -> None:
     assert run_worker(url, "idle") == 0
 
 
-@pytest.mark.xfail(
-    reason="issue 9: its poll opens the store while the sweep creates it (a race), not yet fixed "
-    "on main",
-    strict=False,
-)
 def test_ctrl_c_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
-    """Ctrl-C in a terminal reaches the driver and its workers (one process group)."""
-    grid = {**GRID, "widths": [64, 128], "parametrizations": ["mup2"], "rho": [0.05]}
-    cfg = sweep("ctrlc", train=SLOW, grid=grid, workers=2)
+    """Ctrl-C in a terminal reaches the driver and its workers (one process group); the driver
+    stops the workers, which queue their trials again; a resume finishes the sweep."""
+    cfg = sweep("ctrlc", train=SLOW, grid=SLOW_GRID, workers=2)
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
     url = f"sqlite:///{tmp_path / 'run' / 'sweep.db'}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mup2.cli", "sweep", str(path), "--run-dir", str(tmp_path / "run"),
-         "--no-report"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        [*CLI, "sweep", str(path), "--run-dir", str(tmp_path / "run"), "--no-report",
+         "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-    parsed = parse_sweep_config(cfg)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        state = None
-        if (tmp_path / "run" / "sweep.db").exists():  # created by the sweep, not by us
-            with contextlib.suppress(KeyError):  # the sweep has not created its study yet
-                state = sweep_state(*running_sweep(parsed, url))
-        if state is not None and state.complete >= 1 and state.running >= 1:
-            break
-        time.sleep(0.3)
+    assert proc.stdout is not None
+    started, done = set(), False  # wait: both workers past start-up, one trial done, one running
+    for line in proc.stdout:
+        if m := re.search(r"worker (\d+): trial \d+ (started|complete)", line):
+            started |= {m[1]} if m[2] == "started" else set()
+            done |= m[2] == "complete"
+            if done and len(started) == 2 and m[2] == "started":
+                break
     else:
-        pytest.fail("the sweep never got going")
+        pytest.fail("the sweep ended before it could be interrupted")
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "run the same command again to resume" in err
-    before = {
-        t.number: t.value for t in grid_trials(url, "ctrlc") if t.state == TrialState.COMPLETE
-    }
-    assert before
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command again to resume" in err, err
+    assert "Traceback" not in err, err
+    parsed = parse_sweep_config(cfg)
+    study, _, points = open_sweep(url, "ctrlc")
+    state = sweep_state(study, points)
+    assert state.complete >= 1 and state.running == 0  # the interrupted trials wait again
+    before = {t.number: t.value for t in grid_trials(url, "ctrlc") if t.state.is_finished()}
 
     storage, final = run_sweep(parsed, tmp_path / "run", progress=False)
-    assert final.done and final.complete == len(expand(parsed))
+    assert final.finished
     assert_complete_once(storage, "ctrlc", len(expand(parsed)))
-    after = {t.number: t.value for t in grid_trials(url, "ctrlc") if t.state == TrialState.COMPLETE}
+    after = {t.number: t.value for t in grid_trials(url, "ctrlc") if t.state.is_finished()}
     assert {n: after[n] for n in before} == before
-
-
-def running_sweep(cfg: Any, url: str) -> tuple[optuna.Study, list[Any]]:
-    """The study and grid points of a running sweep, read without enqueuing anything."""
-    return optuna.load_study(study_name=cfg.name, storage=url), expand(cfg)
 
 
 def test_relative_sqlite_storage_lives_beside_the_config(tmp_path: Path) -> None:

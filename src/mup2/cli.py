@@ -1,38 +1,143 @@
-"""The ``mup2`` command. Each subcommand is a thin layer over a library call."""
+"""The ``mup2`` command. Each subcommand is a thin layer over a library call.
+
+Every failure a user can cause ends in one place, :meth:`_Group.invoke`: a
+:class:`~mup2.errors.UserError` (a bad config, option, file or store), a failed file operation
+or a bad option prints ``error: ...`` in a line or two naming the input and the fix, and exits
+with code 2; options are checked before anything is written. ``mup2 --debug CMD`` shows the
+traceback instead. Exit codes: 0 done, 1 a sweep that did not finish (failed runs), 2 bad
+input, 3 a worker that stopped with runs left, 130 interrupted (see docs/errors.md).
+"""
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+from mup2.errors import USER_ERROR, UserError, describe_os_error
+from mup2.schemes import LIGHTSAM_RULES, RULES, SCALINGS
 
 __all__ = ["app", "main"]
 
+#: Exit codes besides 0 and :data:`mup2.errors.USER_ERROR`.
+UNFINISHED, STOPPED_EARLY, INTERRUPTED = 1, 3, 130
+
+
+class _Group(TyperGroup):
+    """The root command: maps user errors to a short message and exit code 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as exc:  # a bad option or argument (click's UsageError)
+            if ctx.params.get("debug"):
+                raise
+            sub = getattr(exc, "ctx", None)
+            command = f"mup2 {sub.info_name}" if sub is not None and sub.parent else "mup2"
+            message = exc.format_message().replace("Value error, ", "")
+            _fail(f"{message}\n(see `{command} --help`)")
+        except (UserError, OSError) as exc:
+            if ctx.params.get("debug"):
+                raise
+            _fail(describe_os_error(exc) if isinstance(exc, OSError) else str(exc))
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(USER_ERROR)
+
+
 app = typer.Typer(
     name="mup2",
+    cls=_Group,
     help="Sharpness-aware training whose (lr, rho) transfer across width: muP, muP^2, SAM family.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show the traceback of an error instead of a message")
+    ] = False,
+) -> None:
     """mup2: muP, muP^2 perturbation scaling and the SAM family."""
+
+
+def _number(low: float | None = None, high: float | None = None, *, above: bool = False) -> Any:
+    """A parser of finite floats in a range (typer's own float options let nan and inf in)."""
+
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not a number") from None
+        if not math.isfinite(x):
+            raise typer.BadParameter(f"{value!r} is not a finite number")
+        if low is not None and (x < low or (above and x == low)):
+            raise typer.BadParameter(f"{value} must be {'>' if above else '>='} {low}")
+        if high is not None and x > high:
+            raise typer.BadParameter(f"{value} must be <= {high}")
+        return x
+
+    return parse
+
+
+def _choice(*names: str) -> Any:
+    """A parser that accepts one of ``names``."""
+
+    def parse(value: str) -> str:
+        if value not in names:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(names)}")
+        return value
+
+    return parse
+
+
+_POSITIVE, _NONNEGATIVE, _FRACTION = _number(0.0, above=True), _number(0.0), _number(0.0, 1.0)
+
+
+def _writable(path: Path, option: str, *, directory: bool) -> None:
+    """Raise :class:`UserError` unless ``path`` can be written (as a directory or a file),
+    before anything else is; creates nothing."""
+    target = path.absolute()
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    problem = None
+    if probe == target and directory and not target.is_dir():
+        problem = "is a file, not a directory"
+    elif probe == target and not directory and target.is_dir():
+        problem = "is a directory, not a file"
+    elif probe != target and not probe.is_dir():
+        problem = f"cannot be made: {probe} is a file"
+    elif not os.access(probe if probe.is_dir() else probe.parent, os.W_OK | os.X_OK):
+        problem = f"cannot be written: {probe} is not writable"
+    if problem:
+        raise UserError(f"{option} {path} {problem}; choose another {option}")
 
 
 @app.command()
 def roles(
-    width: Annotated[int, typer.Option(help="width of the model to report")] = 512,
+    width: Annotated[int, typer.Option(min=1, help="width of the model to report")] = 512,
     base_width: Annotated[
-        int, typer.Option(help="base width (where hyperparameters are tuned)")
+        int, typer.Option(min=1, help="base width (where hyperparameters are tuned)")
     ] = 64,
-    depth: Annotated[int, typer.Option(help="number of Linear layers")] = 3,
-    norm: Annotated[str, typer.Option(help="none, layer or batch")] = "none",
-    scheme: Annotated[str, typer.Option(help="sp, mup-sgd or mup-adam")] = "mup-sgd",
-    rule: Annotated[str, typer.Option(help="sam, asam, asam-layerwise or sam-on")] = "sam",
-    scaling: Annotated[str, typer.Option(help="naive, global, mup2 or mup2-coupled")] = "mup2",
+    depth: Annotated[int, typer.Option(min=2, help="number of Linear layers")] = 3,
+    norm: Annotated[str, typer.Option(parser=_choice("none", "layer", "batch"))] = "none",
+    scheme: Annotated[
+        str, typer.Option(parser=_choice("sp", "mup-sgd", "mup-adam"), help="the scheme")
+    ] = "mup-sgd",
+    rule: Annotated[str, typer.Option(parser=_choice(*RULES), help="the SAM rule")] = "sam",
+    scaling: Annotated[
+        str, typer.Option(parser=_choice(*SCALINGS), help="the perturbation scaling")
+    ] = "mup2",
     markdown: Annotated[bool, typer.Option(help="print a markdown table")] = False,
 ) -> None:
     """Print the role report of the built-in MLP: roles, fan and init/LR/rho multipliers."""
@@ -42,46 +147,58 @@ def roles(
     model = MLP(width, depth=depth, norm=norm)  # type: ignore[arg-type]
     base = MLP(base_width, depth=depth, norm=norm)  # type: ignore[arg-type]
     p = Parametrization.infer(model, base, scheme)
-    typer.echo(p.report(rule, scaling, markdown=markdown))
+    try:
+        typer.echo(p.report(rule, scaling, markdown=markdown))
+    except ValueError as exc:  # a rule and scaling that do not go together
+        raise UserError(f"--rule {rule} --scaling {scaling}: {exc}") from None
 
 
 @app.command()
 def coordcheck(
-    model: Annotated[str, typer.Option(help="model family (only 'mlp')")] = "mlp",
+    model: Annotated[
+        str, typer.Option(parser=_choice("mlp"), help="model family (only 'mlp')")
+    ] = "mlp",
     widths: Annotated[
         str, typer.Option(help="comma-separated increasing widths, at least 3")
     ] = "64,128,256,512,1024",
-    depth: Annotated[int, typer.Option(help="number of Linear layers")] = 3,
-    in_features: Annotated[int, typer.Option(help="input dimension of the fixed batch")] = 32,
+    depth: Annotated[int, typer.Option(min=2, help="number of Linear layers")] = 3,
+    in_features: Annotated[
+        int, typer.Option(min=1, help="input dimension of the fixed batch")
+    ] = 32,
     norm: Annotated[
         str | None,
         typer.Option(
-            help="none, layer or batch (default: layer with sam-on or --table, else none)"
+            parser=_choice("none", "layer", "batch"),
+            help="none, layer or batch (default: layer with sam-on or --table, else none)",
         ),
     ] = None,
-    scheme: Annotated[str, typer.Option(help="sp or mup (μP for SGD)")] = "mup",
+    scheme: Annotated[
+        str, typer.Option(parser=_choice("sp", "mup"), help="sp or mup (μP for SGD)")
+    ] = "mup",
     rule: Annotated[
-        str,
-        typer.Option(
-            help="sam, asam, asam-layerwise, sam-on, lightsam-adagrad-norm, lightsam-adagrad "
-            "or lightsam-adam"
-        ),
+        str, typer.Option(parser=_choice(*RULES, *LIGHTSAM_RULES), help="the rule")
     ] = "sam",
     scaling: Annotated[
         list[str] | None,
         typer.Option(
-            help="naive, global, mup2 or mup2-coupled; repeatable (default: the first three)"
+            parser=_choice(*SCALINGS),
+            help="naive, global, mup2 or mup2-coupled; repeatable (default: the first three)",
         ),
     ] = None,
-    rho: Annotated[float, typer.Option(help="perturbation radius")] = 0.1,
-    lr: Annotated[float, typer.Option(help="base SGD learning rate")] = 0.1,
+    rho: Annotated[float, typer.Option(parser=_NONNEGATIVE, help="perturbation radius")] = 0.1,
+    lr: Annotated[float, typer.Option(parser=_POSITIVE, help="base SGD learning rate")] = 0.1,
     adaptive_lr: Annotated[
-        float, typer.Option(help="learning rate of LightSAM's AdaGrad and Adam variants")
+        float,
+        typer.Option(
+            parser=_POSITIVE, help="learning rate of LightSAM's AdaGrad and Adam variants"
+        ),
     ] = 1e-3,
-    eta: Annotated[float, typer.Option(help="ASAM offset")] = 0.01,
-    steps: Annotated[int, typer.Option(help="SAM steps; slopes are reported at the last")] = 3,
-    seeds: Annotated[int, typer.Option(help="average over seeds 0..N-1")] = 3,
-    batch_size: Annotated[int, typer.Option(help="size of the fixed batch")] = 32,
+    eta: Annotated[float, typer.Option(parser=_NONNEGATIVE, help="ASAM offset")] = 0.01,
+    steps: Annotated[
+        int, typer.Option(min=1, help="SAM steps; slopes are reported at the last")
+    ] = 3,
+    seeds: Annotated[int, typer.Option(min=1, help="average over seeds 0..N-1")] = 3,
+    batch_size: Annotated[int, typer.Option(min=1, help="size of the fixed batch")] = 32,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="write every slope as JSON records")
     ] = None,
@@ -106,29 +223,25 @@ def coordcheck(
         table1,
     )
     from mup2.models.mlp import MLP
-    from mup2.schemes import LIGHTSAM_RULES
 
+    for path, option in ((json_path, "--json"), (plot, "--plot")):
+        if path is not None:
+            _writable(path, option, directory=False)
     try:
-        if model != "mlp":
-            raise ValueError(f"unknown model {model!r}; the coordinate check knows 'mlp'")
-        if scheme not in ("sp", "mup"):
-            raise ValueError(f"--scheme must be 'sp' or 'mup', not {scheme!r}")
-        try:
-            ws = [int(w) for w in widths.split(",") if w.strip()]
-        except ValueError:
-            raise ValueError(f"--widths must be comma-separated integers, got {widths!r}") from None
-        scalings = list(scaling or TABLE1_SCALINGS)
-        rules = [*TABLE1_RULES, *LIGHTSAM_RULES] if table else [rule]
-        norm_ = norm or ("layer" if table or rule == "sam-on" else "none")
-        if norm_ not in ("none", "layer", "batch"):
-            raise ValueError(f"--norm must be none, layer or batch, not {norm_!r}")
-        if "sam-on" in rules and norm_ == "none":
-            raise ValueError("rule 'sam-on' perturbs only normalization layers: use --norm layer")
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(batch_size, in_features, generator=gen)
-        y = torch.randint(0, 10, (batch_size,), generator=gen)
-        factory = partial(MLP, depth=depth, in_features=in_features, norm=norm_)  # type: ignore[arg-type]
-        adam_like = ("lightsam-adagrad", "lightsam-adam")
+        ws = [int(w) for w in widths.split(",") if w.strip()]
+    except ValueError:
+        raise UserError(f"--widths must be comma-separated integers, got {widths!r}") from None
+    scalings = list(scaling or TABLE1_SCALINGS)
+    rules = [*TABLE1_RULES, *LIGHTSAM_RULES] if table else [rule]
+    norm_ = norm or ("layer" if table or rule == "sam-on" else "none")
+    if "sam-on" in rules and norm_ == "none":
+        raise UserError("rule 'sam-on' perturbs only normalization layers: use --norm layer")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, in_features, generator=gen)
+    y = torch.randint(0, 10, (batch_size,), generator=gen)
+    factory = partial(MLP, depth=depth, in_features=in_features, norm=norm_)  # type: ignore[arg-type]
+    adam_like = ("lightsam-adagrad", "lightsam-adam")
+    try:
         results = [
             res
             for rule_set, rate in (
@@ -151,9 +264,8 @@ def coordcheck(
                 seeds=range(seeds),
             )
         ]
-    except ValueError as e:
-        typer.echo(f"Error: {e}", err=True)
-        raise typer.Exit(2) from None
+    except ValueError as exc:  # the check's own validation: widths, rule and scaling
+        raise UserError(str(exc)) from None
     if table:
         typer.echo(
             f"Effectively perturbed layer groups (slope of log2 effective-perturbation RMS vs "
@@ -166,7 +278,10 @@ def coordcheck(
         typer.echo(format_slopes(results))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(records(results), indent=1) + "\n")
+        try:
+            json_path.write_text(json.dumps(records(results), indent=1) + "\n")
+        except OSError as exc:  # a full disk: name the file
+            raise OSError(exc.errno, exc.strerror, str(json_path)) from None
         typer.echo(f"wrote {json_path}")
     if plot is not None:
         for r in rules:
@@ -188,23 +303,14 @@ def train(
 ) -> None:
     """Train one run from CONFIG (see docs/training.md); resume it if RUN_DIR has a checkpoint."""
     import json
-    from pathlib import Path
 
-    from mup2.config import ConfigError, load_config
-    from mup2.train import ResumeError
+    from mup2.config import load_config
     from mup2.train import train as train_run
 
-    try:
-        cfg = load_config(config)
-    except (ConfigError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    cfg = load_config(config)
     out = Path(run_dir) if run_dir is not None else Path("runs") / Path(config).stem
-    try:
-        result = train_run(cfg, out)
-    except (FileNotFoundError, ResumeError) as exc:  # missing data, a mismatched checkpoint
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    _writable(out, "--run-dir", directory=True)
+    result = train_run(cfg, out)
     summary = {k: v for k, v in result.to_dict().items() if k != "metrics"}
     typer.echo(json.dumps({"run_dir": str(out), **summary}))
 
@@ -219,19 +325,17 @@ def report(
         Path | None, typer.Option(help="output directory (default: reports/ and the study name)")
     ] = None,
     unstable_below: Annotated[
-        float, typer.Option(help="runs below this test accuracy count as unstable")
+        float,
+        typer.Option(parser=_FRACTION, help="runs below this test accuracy count as unstable"),
     ] = 0.30,
 ) -> None:
     """Figure 1 (accuracy over (lr, rho) per width), the rho slice, the optima against width,
     summary.md and trials.csv from a sweep's storage (see docs/report.md)."""
-    from mup2.report import ReportError, make_report
+    from mup2.report import make_report
 
     out_dir = out if out is not None else Path("reports") / study
-    try:
-        files = make_report(storage, study, out_dir, unstable_below=unstable_below)
-    except ReportError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    _writable(out_dir, "--out", directory=True)
+    files = make_report(storage, study, out_dir, unstable_below=unstable_below)
     for p, t in files.analysis.transfers.items():
         typer.echo(f"{p}: transfer {t.verdict} ({t.reason})")
     for path in files.paths:
@@ -246,26 +350,31 @@ def sweep(
         typer.Option(help="directory for the SQLite store and the report (default: runs/NAME)"),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="local worker processes (default: the config's)")
+        int | None, typer.Option(min=1, help="local worker processes (default: the config's)")
     ] = None,
     report_: Annotated[
         bool, typer.Option("--report/--no-report", help="write the report when done")
     ] = True,
+    progress: Annotated[
+        bool,
+        typer.Option(help="a progress bar (--no-progress: each worker logs a line per trial)"),
+    ] = True,
 ) -> None:
-    """Run (or resume) a (width x lr x rho x seed x parametrization) sweep; see docs/sweeps.md."""
-    from mup2.config import ConfigError
+    """Run (or resume) a (width x lr x rho x seed x parametrization) sweep; see docs/sweeps.md.
+    Exits with 0 when every run finished, 1 when some failed (run it again to retry them)."""
     from mup2.sweep import load_sweep_config, run_sweep
 
+    cfg = load_sweep_config(config)
+    out = Path(run_dir) if run_dir is not None else Path("runs") / cfg.name
+    _writable(out, "--run-dir", directory=True)
     try:
-        cfg = load_sweep_config(config)
-        out = Path(run_dir) if run_dir is not None else Path("runs") / cfg.name
-        storage, state = run_sweep(cfg, out, workers=workers)
-    except (ConfigError, OSError, RuntimeError) as exc:
+        storage, state = run_sweep(cfg, out, workers=workers, progress=progress)
+    except RuntimeError as exc:  # every worker crashed
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(UNFINISHED) from None
     except KeyboardInterrupt:
         typer.echo("\ninterrupted: run the same command again to resume", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(INTERRUPTED) from None
     typer.echo(
         f"sweep {cfg.name}: {state.complete}/{state.total} runs finished "
         f"({state.unstable} unstable, {state.failed} failed); store: {storage}"
@@ -275,43 +384,63 @@ def sweep(
 
         files = make_report(storage, cfg.name, out / "report", cfg.unstable_below)
         typer.echo(f"report: {files.summary.parent}")
+    if not state.finished:
+        typer.echo(
+            f"error: {state.total - state.complete} runs did not finish (their trials' 'error' "
+            "attribute says why); run the same command again to retry them",
+            err=True,
+        )
+        raise typer.Exit(UNFINISHED)
 
 
 @app.command()
 def worker(
     storage: Annotated[str, typer.Option(help="the sweep's Optuna storage URL")],
     study: Annotated[str, typer.Option(help="the sweep's name")],
-    threads: Annotated[int, typer.Option(help="torch threads of this worker")] = 1,
-    max_trials: Annotated[int | None, typer.Option(help="stop after this many runs")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads of this worker")] = 1,
+    max_trials: Annotated[int | None, typer.Option(min=1, help="stop after this many runs")] = None,
 ) -> None:
-    """Join a running sweep from any machine that reaches its storage; runs until none is left."""
-    from mup2.sweep import run_worker
+    """Join a sweep from any machine that reaches its storage; runs until no run is waiting or
+    running. Exits with 0 when the sweep finished, 1 when runs failed, 3 when runs are left."""
+    from mup2.sweep import open_sweep, run_worker, stop_on_signals, sweep_state
 
     try:
-        ran = run_worker(storage, study, threads=threads, max_trials=max_trials)
-    except KeyError:
-        typer.echo(f"error: study {study!r} in {storage} is not a mup2 sweep", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"worker: ran {ran} trials")
+        with stop_on_signals():
+            ran = run_worker(
+                storage,
+                study,
+                threads=threads,
+                max_trials=max_trials,
+                say=lambda line: typer.echo(f"worker: {line}"),
+            )
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: its run is queued again", err=True)
+        raise typer.Exit(INTERRUPTED) from None
+    found, _, points = open_sweep(storage, study)
+    state = sweep_state(found, points)
+    typer.echo(
+        f"worker: ran {ran} trials; sweep {study}: {state.complete}/{state.total} runs "
+        f"finished ({state.failed} failed, {state.running + state.waiting} left)"
+    )
+    if not state.finished:
+        raise typer.Exit(UNFINISHED if state.done else STOPPED_EARLY)
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/demo"),
-    workers: Annotated[int | None, typer.Option(help="local workers (default 2)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="local workers (default 2)")] = None,
 ) -> None:
     """The main job: a coordinate check, then a small Fashion-MNIST (lr, rho) sweep at three
     widths (μP² against SP-naive and μP-global) and its report. Resumes if interrupted."""
     from mup2.demo import run_demo
 
+    _writable(out, "--out", directory=True)
     try:
         run_demo(out, workers=workers, say=typer.echo)
-    except FileNotFoundError as exc:  # Fashion-MNIST is missing: the message says how to get it
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("\ninterrupted: run `mup2 demo` again to resume", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(INTERRUPTED) from None
 
 
 def main() -> None:

@@ -8,11 +8,12 @@ uses the finished grid trials (:attr:`Run.done`).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from mup2.errors import UserError
+from mup2.sweep.store import redact
 
 __all__ = [
     "GRID_KEYS",
@@ -28,7 +29,7 @@ GRID_KEYS = ("parametrization", "width", "lr", "rho", "seed")
 """The parameters every grid trial carries."""
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """The storage or the study cannot be reported on."""
 
 
@@ -98,11 +99,6 @@ class Sweep:
         return tuple(r for r in self.runs if r.done)
 
 
-def redact(url: str) -> str:
-    """``url`` without the password of its ``user:password@`` part."""
-    return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", url)
-
-
 def _num(x: Any, kind: type[int] | type[float]) -> Any:
     if isinstance(x, bool) or not isinstance(x, int | float):
         return None
@@ -149,24 +145,25 @@ def load_sweep(storage: str, study: str) -> Sweep:
     """Load every trial of ``study`` from ``storage`` (an SQLite or PostgreSQL URL).
 
     Raises :class:`StudyNotFoundError` (listing the studies that exist) for an unknown study and
-    :class:`ReportError` for an SQLite file that does not exist (Optuna would create it).
+    :class:`ReportError` for a store that cannot be opened (an SQLite file that does not exist
+    is not created).
     """
     import optuna
 
-    if storage.startswith("sqlite:///"):
-        path = Path(storage.removeprefix("sqlite:///").split("?", 1)[0])
-        if str(path) not in ("", ":memory:") and not path.is_file():
-            raise ReportError(f"no such SQLite storage: {path} (from {storage!r})")
+    from mup2.sweep.store import StoreError, open_storage, store_errors
+
     try:
-        names = sorted(optuna.get_all_study_names(storage=storage))
-    except Exception as exc:  # a bad URL, an unreachable server, a missing driver
-        raise ReportError(f"cannot open storage {redact(storage)!r}: {exc}") from exc
+        store = open_storage(storage)
+        with store_errors(storage):
+            names = sorted(optuna.get_all_study_names(storage=store))
+    except StoreError as exc:  # a bad URL, an unreachable server, a missing driver or file
+        raise ReportError(str(exc)) from None
     if study not in names:
         listed = ", ".join(repr(n) for n in names) if names else "none"
         raise StudyNotFoundError(
             f"no study {study!r} in {redact(storage)}; studies there: {listed}"
         )
-    s = optuna.load_study(study_name=study, storage=storage)
+    s = optuna.load_study(study_name=study, storage=store)
     runs = tuple(_run(t) for t in s.get_trials(deepcopy=False))
     config = s.user_attrs.get("sweep")
     config = config if isinstance(config, Mapping) else {}

@@ -7,23 +7,36 @@ from mup2.sweep.config import (
     load_sweep_config,
     parse_sweep_config,
 )
-from mup2.sweep.engine import SweepState, default_storage, prepare, run_worker, sweep_state
+from mup2.sweep.engine import (
+    SweepState,
+    default_storage,
+    open_sweep,
+    prepare,
+    run_worker,
+    stop_on_signals,
+    sweep_state,
+)
 from mup2.sweep.grid import GridPoint, expand, trial_config
 from mup2.sweep.local import run_sweep
+from mup2.sweep.store import StoreError, open_storage
 
 __all__ = [
     "PARAMETRIZATIONS",
     "GridConfig",
     "GridPoint",
+    "StoreError",
     "SweepConfig",
     "SweepState",
     "default_storage",
     "expand",
     "load_sweep_config",
+    "open_storage",
+    "open_sweep",
     "parse_sweep_config",
     "prepare",
     "run_sweep",
     "run_worker",
+    "stop_on_signals",
     "sweep_state",
     "trial_config",
 ]

@@ -1,52 +1,60 @@
 """Sweeps on Optuna: one study per sweep, one enqueued trial per grid point, workers that drain it.
 
 The storage is the record of every run. Each grid point is enqueued once with its parameters
-fixed; workers (processes on any machine that reaches the storage) pop waiting trials until none
-is left. A worker's heartbeat marks its running trial; a trial whose heartbeat stops (its worker
-was killed) is failed and enqueued again, up to ``max_retries`` times. A finished trial is never
-rerun: resuming enqueues only the points with no finished, waiting or running trial.
+fixed (under the store's lock, :func:`mup2.sweep.store.store_lock`, so two drivers starting
+together queue it once); workers (processes on any machine that reaches the storage) claim
+waiting trials until none is waiting or running. A worker records itself on the trial it claims
+(:mod:`mup2.sweep.owner`) and sends heartbeats; a running trial whose worker is gone (certainly
+dead on this machine, or silent for ``3 * heartbeat_seconds``) is failed and enqueued again, up
+to ``max_retries`` times, and an interrupted one is enqueued again at once. A finished trial is
+never rerun: resuming enqueues only the points with no finished, waiting or running trial. No
+trial is made but for a grid point.
 
 Trial record: ``params`` = :class:`~mup2.sweep.grid.GridPoint` (also in the user attribute
 ``grid``, set when it is enqueued); ``value`` = final test accuracy (the last finite epoch's, 0
-if none); user attributes ``status`` (``ok``/``unstable``),
-``test_accuracy``, ``test_loss``, ``seconds``, ``metrics`` (one dict per epoch). The study's
-user attributes hold the sweep config (``sweep``) and ``parametrizations`` (name -> scheme and
-scaling, so the ρ = 0 runs shared by one scheme can be found).
+if none); user attributes ``status`` (``ok``/``unstable``), ``test_accuracy``, ``test_loss``,
+``seconds``, ``metrics`` (one dict per epoch), ``worker`` (host:pid) and, for a failed trial,
+``error``. The study's user attributes hold the sweep config (``sweep``) and
+``parametrizations`` (name -> scheme and scaling, so the ρ = 0 runs shared by one scheme can be
+found).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
-import time
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy
 import torch
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from mup2.config import ConfigError
+from mup2.config import ConfigError, TrainConfig
 from mup2.data import DataSplits
 from mup2.sweep.config import PARAMETRIZATIONS, SweepConfig, parse_sweep_config
 from mup2.sweep.grid import GridPoint, expand, scheme_of, trial_config
-from mup2.train import load_data, train
+from mup2.sweep.owner import OWNER, is_dead, me, requeue
+from mup2.sweep.store import StoreError, open_storage, redact, store_errors, store_lock
+from mup2.train import load_data, resolve_device, train
 
 __all__ = [
     "SweepState",
     "default_storage",
-    "open_storage",
+    "open_sweep",
     "prepare",
     "run_worker",
+    "stop_on_signals",
     "sweep_state",
-    "wait_for_stale",
 ]
 
 _KEYS = ("parametrization", "width", "lr", "rho", "seed")
@@ -59,36 +67,6 @@ def default_storage(cfg: SweepConfig, run_dir: str | Path) -> str:
     path = Path(run_dir).resolve() / "sweep.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
-
-
-def open_storage(url: str, heartbeat_seconds: int = 10, max_retries: int = 2) -> RDBStorage:
-    """An Optuna RDB storage with heartbeats; stale trials are retried up to ``max_retries``."""
-    sqlite = url.startswith("sqlite")
-    # SQLite ignores SELECT ... FOR UPDATE, so two workers could both pop one waiting trial:
-    # take the database's write lock at the start of every transaction instead.
-    kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}} if sqlite else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=heartbeat_seconds,
-            grace_period=3 * heartbeat_seconds,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retries),
-        )
-    if sqlite:
-        sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
-        sqlalchemy.event.listen(
-            storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE")
-        )
-        storage.engine.dispose()  # connections made before the listeners are dropped
-    return storage
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL: readers never wait for the writer, and a commit needs no fsync of the database file.
-    dbapi_connection.execute("PRAGMA journal_mode=WAL")
-    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def _point(trial: FrozenTrial) -> GridPoint | None:
@@ -109,7 +87,13 @@ class SweepState:
 
     @property
     def done(self) -> bool:
+        """Nothing is left to run (some points may have failed)."""
         return self.complete + self.failed >= self.total and not (self.running or self.waiting)
+
+    @property
+    def finished(self) -> bool:
+        """Every grid point has a completed trial."""
+        return self.complete == self.total
 
 
 def sweep_state(study: optuna.Study, points: list[GridPoint]) -> SweepState:
@@ -136,35 +120,63 @@ def sweep_state(study: optuna.Study, points: list[GridPoint]) -> SweepState:
 
 def prepare(cfg: SweepConfig, storage: str) -> tuple[optuna.Study, list[GridPoint]]:
     """Create (or reopen) the sweep's study and enqueue every grid point that has no finished,
-    waiting or running trial. Every point's training config is validated first, so an invalid
-    sweep fails before anything runs. A study may be reopened with its grid grown (more widths,
-    η, ρ, seeds, parametrizations or ``extra`` blocks: every old point still in it), which
-    records the new config; any other change of the config is an error."""
+    waiting or running trial, under the store's lock (any number of drivers may start at once:
+    each point is queued once). Every point's training config is validated first, so an invalid
+    sweep fails before anything is written. A study may be reopened with its grid grown (more
+    widths, η, ρ, seeds, parametrizations or ``extra`` blocks: every old point still in it),
+    which records the new config; any other change of the config is an error."""
     points = expand(cfg)
     for point in points:
         trial_config(cfg, point)  # raises ConfigError naming the point
-    study = optuna.create_study(
-        study_name=cfg.name,
-        storage=open_storage(storage, cfg.heartbeat_seconds, cfg.max_retries),
-        direction="maximize",
-        load_if_exists=True,
-    )
-    saved = study.user_attrs.get("sweep")
-    if saved is None or _grows(parse_sweep_config(saved), cfg):
-        study.set_user_attr("sweep", cfg.to_dict())
-        study.set_user_attr(
-            "parametrizations",
-            {
-                name: {"scheme": scheme_of(cfg, name), "scaling": PARAMETRIZATIONS[name][1]}
-                for name in dict.fromkeys(p.parametrization for p in points)
-            },
+    store = open_storage(storage, cfg.heartbeat_seconds, cfg.max_retries, create=True)
+    with store_lock(storage):
+        study = optuna.create_study(
+            study_name=cfg.name, storage=store, direction="maximize", load_if_exists=True
         )
-    live = {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING}
-    have = {_point(t) for t in study.get_trials(deepcopy=False) if t.state in live}
-    for point in points:
-        if point not in have:
-            study.enqueue_trial(point.params(), user_attrs={"grid": point.params()})
+        saved = study.user_attrs.get("sweep")
+        if saved is None or _grows(parse_sweep_config(saved), cfg):
+            study.set_user_attr("sweep", cfg.to_dict())
+            study.set_user_attr(
+                "parametrizations",
+                {
+                    name: {"scheme": scheme_of(cfg, name), "scaling": PARAMETRIZATIONS[name][1]}
+                    for name in dict.fromkeys(p.parametrization for p in points)
+                },
+            )
+        live = {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING}
+        have = {_point(t) for t in study.get_trials(deepcopy=False) if t.state in live}
+        for point in points:
+            if point not in have:
+                study.enqueue_trial(point.params(), user_attrs={"grid": point.params()})
     return study, points
+
+
+def open_sweep(storage: str, name: str) -> tuple[optuna.Study, SweepConfig, list[GridPoint]]:
+    """The study of the sweep ``name`` in an existing ``storage``, its config and grid points;
+    :class:`~mup2.sweep.store.StoreError` when there is no such sweep."""
+    probe = open_storage(storage)
+    with store_errors(storage):
+        names = optuna.get_all_study_names(storage=probe)
+        if name not in names:
+            listed = ", ".join(repr(n) for n in sorted(names)) or "none"
+            raise StoreError(
+                f"no sweep {name!r} in {redact(storage)} (studies there: {listed}); check "
+                "--study, or start the sweep with `mup2 sweep CONFIG`"
+            )
+        saved = optuna.load_study(study_name=name, storage=probe).user_attrs.get("sweep")
+        probe.engine.dispose()
+        if not isinstance(saved, dict):
+            raise StoreError(
+                f"study {name!r} in {redact(storage)} is not a mup2 sweep (it has no sweep "
+                "config); check --study"
+            )
+        cfg = parse_sweep_config(saved)
+        study = optuna.load_study(
+            study_name=name,
+            storage=open_storage(storage, cfg.heartbeat_seconds, cfg.max_retries),
+            sampler=optuna.samplers.RandomSampler(),
+        )
+    return study, cfg, expand(cfg)
 
 
 def _grows(old: SweepConfig, new: SweepConfig) -> bool:
@@ -191,19 +203,26 @@ class _Objective:
 
     def __init__(self, cfg: SweepConfig) -> None:
         self.cfg = cfg
-        self.data: dict[str, DataSplits] = {}
+        self._data: dict[str, DataSplits] = {}
+
+    def data(self, config: TrainConfig) -> DataSplits:
+        """The dataset of ``config`` (loaded on first use)."""
+        key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
+        if key not in self._data:
+            self._data[key] = load_data(config.data)
+        return self._data[key]
 
     def __call__(self, trial: optuna.Trial) -> float:
-        if "grid" not in trial.user_attrs:  # another worker took the last waiting point
-            trial.study.stop()
-            raise optuna.TrialPruned("no grid point left")
-        point = _suggest(trial, GridPoint(**trial.user_attrs["grid"]))
         try:
+            point = _suggest(trial, GridPoint(**trial.user_attrs["grid"]))
             config = trial_config(self.cfg, point)
-            key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
-            if key not in self.data:
-                self.data[key] = load_data(config.data)
-            result = train(config, data=self.data[key])
+            data = self.data(config)
+            _INTERRUPTIBLE.set()
+            try:
+                _stop_if_asked()
+                result = train(config, data=data, on_epoch=_stop_if_asked)
+            finally:
+                _INTERRUPTIBLE.clear()
         except Exception as exc:  # recorded; the trial fails and the sweep goes on
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
@@ -234,50 +253,177 @@ def run_worker(
     threads: int = 1,
     max_trials: int | None = None,
     on_trial: Callable[[FrozenTrial], None] | None = None,
+    say: Callable[[str], object] | None = None,
+    parent: int | None = None,
 ) -> int:
-    """Run waiting grid points of ``study_name`` until none is left (or ``max_trials``); returns
-    how many this worker ran. Stale trials of dead workers are failed and re-enqueued as it goes.
-    ``threads``: torch threads for this process (1 per worker on a shared CPU)."""
+    """Run waiting grid points of ``study_name`` until none is waiting or running (or
+    ``max_trials`` ran); returns how many this worker ran. While other workers' trials run it
+    waits, and takes over any whose worker died (see the module docstring). The device and
+    dataset are checked before any trial is claimed, so a missing one fails here and leaves the
+    sweep as it was.
+
+    ``threads``: torch threads for this process (1 per worker on a shared CPU); ``say``: called
+    with one line per trial started and finished; ``parent``: a process ID, the worker stops
+    (between trials) once it is no longer this process's parent. An interruption
+    (:class:`KeyboardInterrupt`, see :func:`stop_on_signals`) requeues the running trial and
+    propagates."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(logging.WARNING)
-    probe = optuna.load_study(study_name=study_name, storage=storage)
-    cfg = parse_sweep_config(probe.user_attrs["sweep"])
-    study = optuna.load_study(
-        study_name=study_name,
-        storage=open_storage(storage, cfg.heartbeat_seconds, cfg.max_retries),
-        sampler=optuna.samplers.RandomSampler(),
-    )
-    _fail_stale(study)
-    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        return 0
-    # No callback polls the queue (that costs a read of every waiting trial per trial): when it
-    # is empty, Optuna hands out a fresh trial, which the objective prunes and stops on.
-    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = []
-    if on_trial is not None:
-        callbacks.append(lambda _s, t: on_trial(t))
+    study, cfg, points = open_sweep(storage, study_name)
+    objective = _Objective(cfg)
+    resolve_device(cfg.train.device)
+    objective.data(trial_config(cfg, points[0]))
     ran = 0
-
-    def count(_s: optuna.Study, t: FrozenTrial) -> None:
-        nonlocal ran
-        ran += int(t.state != TrialState.PRUNED)
-
-    study.optimize(
-        _Objective(cfg),
-        n_trials=max_trials,
-        callbacks=[count, *callbacks],
-        catch=(Exception,),
-        gc_after_trial=False,
-    )
+    with store_errors(storage):
+        while max_trials is None or ran < max_trials:
+            _stop_if_asked()
+            if parent is not None and os.getppid() != parent:
+                break
+            _fail_lost(study, storage, cfg)
+            trial_id = _claim(study)
+            if trial_id is None:
+                if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    break
+                _STOP.wait(cfg.heartbeat_seconds)  # others' trials run: finish or go stale
+                continue
+            frozen = _run_trial(study, storage, trial_id, objective, say)
+            ran += 1
+            if on_trial is not None:
+                on_trial(frozen)
     return ran
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+#: Set by :func:`stop_on_signals`: the worker stops, requeueing a trial it interrupts.
+_STOP = threading.Event()
+#: Set while a trial trains: a stop request interrupts it at once. Elsewhere (store writes) the
+#: worker stops at the next safe point, never inside a write.
+_INTERRUPTIBLE = threading.Event()
 
 
-def wait_for_stale(study: optuna.Study, cfg: SweepConfig) -> None:
-    """Let running trials without a live worker go stale, then fail and re-enqueue them."""
-    time.sleep(3 * cfg.heartbeat_seconds + 1)
-    _fail_stale(study)
+@contextlib.contextmanager
+def stop_on_signals(*signals: signal.Signals) -> Iterator[None]:
+    """While the body runs, ``signals`` (default SIGTERM and SIGINT) stop the worker: a training
+    run is interrupted at once (:class:`KeyboardInterrupt`) and its trial requeued; otherwise the
+    worker stops before its next store operation, never inside one. Repeats change nothing (a
+    driver killed with ``kill -9`` can send its parent-death signal once per thread). The old
+    handlers come back after. Main thread only."""
+
+    def stop(_signum: int, _frame: Any) -> None:
+        if not _STOP.is_set() and _INTERRUPTIBLE.is_set():
+            _STOP.set()
+            raise KeyboardInterrupt
+        _STOP.set()
+
+    chosen = signals or (signal.SIGTERM, signal.SIGINT)
+    old = {sig: signal.signal(sig, stop) for sig in chosen}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        _STOP.clear()
+
+
+def _stop_if_asked(*_: object) -> None:
+    if _STOP.is_set():
+        raise KeyboardInterrupt
+
+
+def _claim(study: optuna.Study) -> int | None:
+    """Claim a waiting trial (WAITING -> RUNNING, which one process wins), beat its heart once
+    and record this process as its owner; ``None`` when none is waiting. Unlike
+    ``Study.ask``, never makes a trial of its own."""
+    store: Any = study._storage  # Optuna's cache over the RDB storage, with heartbeats
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if not store.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        store.record_heartbeat(t._trial_id)
+        store.set_trial_system_attr(t._trial_id, OWNER, me())
+        return int(t._trial_id)
+    return None
+
+
+def _run_trial(
+    study: optuna.Study,
+    storage: str,
+    trial_id: int,
+    objective: _Objective,
+    say: Callable[[str], object] | None,
+) -> FrozenTrial:
+    trial = optuna.Trial(study, trial_id)
+    try:
+        _say(say, f"trial {trial.number} started: {trial.user_attrs.get('grid')}")
+        with _heartbeat(study._storage, trial_id, objective.cfg.heartbeat_seconds):
+            value = objective(trial)
+    except Exception:
+        frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    except BaseException:  # interrupted: queue the point again at once, uncounted
+        with store_lock(storage):
+            if study._storage.get_trial(trial_id).state == TrialState.RUNNING:
+                trial.set_user_attr("error", "interrupted")
+                frozen = study.tell(trial, state=TrialState.FAIL)
+                requeue(study, frozen, objective.cfg.max_retries, count=False)
+        raise
+    else:
+        frozen = study.tell(trial, value, skip_if_finished=True)
+    failed = frozen.state == TrialState.FAIL
+    what = frozen.user_attrs.get("error" if failed else "status", "")
+    _say(say, f"trial {frozen.number} {frozen.state.name.lower()}: {what}, value {frozen.value}")
+    return frozen
+
+
+def _say(say: Callable[[str], object] | None, line: str) -> None:
+    """Log a line; a closed log (the driver's pipe, gone) is no reason to fail a run."""
+    if say is not None:
+        with contextlib.suppress(OSError):
+            say(line)
+
+
+@contextlib.contextmanager
+def _heartbeat(store: Any, trial_id: int, seconds: int) -> Iterator[None]:
+    """Record the trial's heartbeat every ``seconds`` while the body runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(seconds):
+            with contextlib.suppress(Exception):  # a missed beat is retried; the store's
+                store.record_heartbeat(trial_id)  # failure shows in the trial's own writes
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _fail_lost(study: optuna.Study, storage: str, cfg: SweepConfig) -> None:
+    """Fail and requeue (counted against ``max_retries``) every running trial whose worker is
+    gone: dead on this machine, silent for ``3 * heartbeat_seconds`` (Optuna's stale trials),
+    or never recorded as owned ``10 * heartbeat_seconds`` after it was claimed (a worker that
+    died within its claim)."""
+    store = study._storage
+    now = datetime.now()
+    with store_lock(storage):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = t.system_attrs.get(OWNER)
+            started = t.datetime_start or now
+            unowned = owner is None and (now - started).total_seconds() > 10 * cfg.heartbeat_seconds
+            if not (unowned or (isinstance(owner, dict) and is_dead(owner))):
+                continue
+            try:
+                store.set_trial_user_attr(t._trial_id, "error", "its worker died")
+                if not store.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            requeue(study, store.get_trial(t._trial_id), cfg.max_retries)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)

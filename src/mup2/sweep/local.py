@@ -2,29 +2,58 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 
-import optuna
 from tqdm import tqdm
 
+from mup2.errors import USER_ERROR, UserError
 from mup2.sweep.config import SweepConfig
 from mup2.sweep.engine import (
     SweepState,
     default_storage,
     prepare,
     run_worker,
+    stop_on_signals,
     sweep_state,
-    wait_for_stale,
 )
+from mup2.sweep.grid import expand, trial_config
+from mup2.train import load_data, resolve_device
 
 __all__ = ["run_sweep"]
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-def _worker_main(storage: str, study: str, threads: int) -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_worker(storage, study, threads=threads)
+
+def _worker_main(storage: str, study: str, threads: int, parent: int, log: bool) -> None:
+    """A local worker: stops (requeueing its trial) on SIGTERM or when the driver dies; Ctrl-C
+    reaches the driver, which stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_on_signals(signal.SIGTERM):
+            if sys.platform.startswith("linux"):  # SIGTERM when the driver dies, even kill -9
+                ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # it died before that
+                return
+            run_worker(
+                storage,
+                study,
+                threads=threads,
+                parent=parent,
+                say=(lambda line: print(f"worker {os.getpid()}: {line}", flush=True))
+                if log
+                else None,
+            )
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGTERM)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR)
 
 
 def run_sweep(
@@ -37,12 +66,20 @@ def run_sweep(
     poll_seconds: float = 1.0,
 ) -> tuple[str, SweepState]:
     """Run (or resume) the sweep with ``workers`` local processes (default ``cfg.workers``)
-    until every grid point is finished; returns ``(storage URL, final state)``.
+    until no grid point is waiting or running; returns ``(storage URL, final state)``
+    (``state.finished``: every point completed).
 
+    The device and dataset are checked first (the dataset loaded once), so a missing one is an
+    error before anything is written.
     Other machines may join at any time with :func:`mup2.sweep.run_worker` on the same storage.
-    Ctrl-C stops the workers; running the same sweep again resumes it: finished trials are kept,
-    interrupted ones run again once their heartbeat is stale (``3 * heartbeat_seconds``).
+    Ctrl-C stops the workers, whose running trials are queued again; running the same sweep
+    again resumes it: finished trials are kept. Without ``progress`` each worker prints a line
+    per trial instead of the progress bar.
     """
+    if (workers if workers is not None else cfg.workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    resolve_device(cfg.train.device)
+    load_data(trial_config(cfg, expand(cfg)[0]).data)
     storage = default_storage(cfg, run_dir)
     study, points = prepare(cfg, storage)
     n = workers or cfg.workers
@@ -50,33 +87,30 @@ def run_sweep(
     state = sweep_state(study, points)
     with tqdm(total=state.total, desc=f"sweep {cfg.name}", unit="run", disable=not progress) as bar:
         for _ in range(1 + cfg.max_retries + 1):
-            procs = [
-                ctx.Process(target=_worker_main, args=(storage, cfg.name, threads), daemon=True)
-                for _ in range(n)
-            ]
+            if not (state.waiting or state.running):
+                break
+            before = state
+            args = (storage, cfg.name, threads, os.getpid(), not progress)
+            procs = [ctx.Process(target=_worker_main, args=args) for _ in range(n)]
             for p in procs:
                 p.start()
             try:
                 while any(p.is_alive() for p in procs):
                     time.sleep(poll_seconds)
                     state = _show(bar, sweep_state(study, points))
-            except KeyboardInterrupt:
+            finally:  # Ctrl-C or an error here: stop the workers; they requeue their trials
                 for p in procs:
-                    p.terminate()
+                    if p.is_alive():
+                        p.terminate()
                 for p in procs:
                     p.join()
-                raise
-            before, state = state, _show(bar, sweep_state(study, points))
-            if state.done:
-                break
+            state = _show(bar, sweep_state(study, points))
             crashed = [p.exitcode for p in procs if p.exitcode]
-            if crashed and state.complete == before.complete:
+            if crashed and state.complete == before.complete and (state.waiting or state.running):
                 raise RuntimeError(
                     f"every worker stopped without finishing a trial (exit codes {crashed}); "
                     "see their messages above"
                 )
-            if state.running:  # left by workers that died: fail them once stale, and retry
-                wait_for_stale(study, cfg)
     return storage, state
 
 

@@ -1,0 +1,531 @@
+"""Every bad input we know of ends in ``error: ...`` (one or two lines naming the input and the
+fix), exit code 2, no traceback and nothing written. ``python tests/test_errors.py`` prints the
+table of docs/errors.md from these cases."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import re
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import mup2
+from mup2.cli import app
+from mup2.config import parse_config
+from mup2.sweep import parse_sweep_config, prepare
+from mup2.train import CHECKPOINT
+from mup2.train import train as train_run
+
+TRAIN: dict[str, Any] = {
+    "epochs": 1,
+    "batch_size": 16,
+    "progress": False,
+    "model": {"name": "mlp", "width": 16, "base_width": 16},
+    "data": {"name": "synthetic", "train_size": 64, "test_size": 32},
+    "optimizer": {"name": "sgd", "lr": 0.1},
+}
+GRID = {"widths": [16], "lr": [0.1], "rho": [0.0, 0.05], "parametrizations": ["mup2"]}
+CLOSED_PORT = "postgresql+psycopg2://mup2@127.0.0.1:9/none"  # the discard port: refused
+
+
+@dataclass(frozen=True)
+class Case:
+    group: str
+    what: str
+    argv: Callable[[Path], list[str]]  # makes the inputs in a fresh directory; the command
+    message: str  # a regular expression the message must match
+
+
+def _yaml(d: Path, data: dict[str, Any], name: str = "c.yaml") -> str:
+    (d / name).write_text(yaml.safe_dump(data))
+    return str(d / name)
+
+
+def _train(d: Path, **change: Any) -> list[str]:
+    """``mup2 train`` of TRAIN with sections replaced by ``change``."""
+    return ["train", _yaml(d, TRAIN | change), "--run-dir", str(d / "run")]
+
+
+def _with(section: str, **keys: Any) -> dict[str, Any]:
+    return {section: TRAIN[section] | keys}
+
+
+def _idx(arr: np.ndarray[Any, Any]) -> bytes:
+    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}i", *arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+def _mnist(d: Path, damage: Callable[[Path], None] | None = None, n: int = 64) -> list[str]:
+    """``mup2 train`` on four IDX files in ``d/data`` (``damage`` applied to them first)."""
+    root = d / "data"
+    root.mkdir()
+    for prefix in ("train", "t10k"):
+        images = np.arange(n * 8 * 8).reshape(n, 8, 8) % 256
+        (root / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(images))
+        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(np.arange(n) % 10))
+    if damage is not None:
+        damage(root)
+    data = {"name": "idx", "root": str(root)}
+    return _train(d, data=data)
+
+
+def _rewrite(name: str, edit: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def apply(root: Path) -> None:
+        path = root / name
+        path.write_bytes(edit(path.read_bytes()))
+
+    return apply
+
+
+def _swap(root: Path) -> None:
+    a, b = root / "train-images-idx3-ubyte", root / "train-labels-idx1-ubyte"
+    a_bytes = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(a_bytes)
+
+
+def _gzip_cut(root: Path) -> None:
+    path = root / "train-images-idx3-ubyte"
+    (root / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(path.read_bytes())[:-20])
+    path.unlink()
+
+
+def _checkpoint(d: Path, damage: Callable[[Path], None]) -> list[str]:
+    """``mup2 train`` resuming a run whose checkpoint ``damage`` changed."""
+    argv = _train(d)
+    train_run(parse_config(TRAIN), d / "run")
+    damage(d / "run" / CHECKPOINT)
+    return argv
+
+
+def _tensor_bytes(path: Path) -> tuple[int, int]:
+    """Offset and size of the largest tensor's bytes inside a torch zip file."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with path.open("rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def _flip_bytes(path: Path) -> None:
+    start, size = _tensor_bytes(path)
+    raw = bytearray(path.read_bytes())
+    for i in range(start + size // 2, start + size // 2 + 64):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _flip_low_bits(path: Path) -> None:
+    start, _ = _tensor_bytes(path)
+    raw = bytearray(path.read_bytes())
+    for k in range(16):  # little-endian float32: the first byte holds the lowest mantissa bit
+        raw[start + 4 * k] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def _store(d: Path) -> str:
+    url = f"sqlite:///{d / 'sweep.db'}"
+    prepare(parse_sweep_config({"name": "s", "train": TRAIN, "grid": GRID}), url)
+    return url
+
+
+def _sweep(d: Path, **change: Any) -> list[str]:
+    cfg = {"name": "s", "train": TRAIN, "grid": GRID} | change
+    return ["sweep", _yaml(d, cfg), "--run-dir", str(d / "run")]
+
+
+def _file(d: Path, name: str = "file", text: str = "x") -> Path:
+    (d / name).write_text(text)
+    return d / name
+
+
+def _worker(storage: str, *more: str) -> list[str]:
+    return ["worker", "--storage", storage, "--study", "s", *more]
+
+
+def _report(storage: str, out: Path) -> list[str]:
+    return ["report", "--storage", storage, "--study", "s", "--out", str(out)]
+
+
+def _one_label_less(raw: bytes) -> bytes:
+    return raw[:4] + struct.pack(">i", struct.unpack(">i", raw[4:8])[0] - 1) + raw[8:-1]
+
+
+def _latin1(d: Path) -> str:
+    (d / "c.toml").write_bytes("epochs = 1 # café\n".encode("latin-1"))
+    return str(d / "c.toml")
+
+
+CC = ["coordcheck", "--widths", "8,16,32", "--seeds", "1", "--steps", "1"]
+INF, NAN = math.inf, math.nan
+
+CASES = [
+    # -- stores ---------------------------------------------------------------------------
+    Case("store", "`--storage notaurl`", lambda d: _worker("notaurl"), "not a database URL"),
+    Case("store", "`--storage foo://host/db`", lambda d: _worker("foo://h/db"), "not a database"),
+    Case("store", "unreachable PostgreSQL", lambda d: _worker(CLOSED_PORT), "server runs"),
+    Case(
+        "store",
+        "`worker --storage sqlite:///missing.db` (not created)",
+        lambda d: _worker(f"sqlite:///{d / 'missing.db'}"),
+        "no sweep store at .*missing.db",
+    ),
+    Case(
+        "store",
+        "`report` on a missing SQLite file",
+        lambda d: _report(f"sqlite:///{d}/no.db", d / "out"),
+        "no sweep store at",
+    ),
+    Case(
+        "store",
+        "a file that is not a database",
+        lambda d: _worker(f"sqlite:///{_file(d, 'text.db')}"),
+        "not an SQLite database",
+    ),
+    Case(
+        "store",
+        "`worker --study nope`",
+        lambda d: ["worker", "--storage", _store(d), "--study", "nope"],
+        r"no sweep 'nope' .*studies there: 's'",
+    ),
+    Case("store", "sweep config `storage = 'nonsense'`", lambda d: _sweep(d, storage="x"), "URL"),
+    # -- data -----------------------------------------------------------------------------
+    Case(
+        "data",
+        "IDX file with a bad magic number",
+        lambda d: _mnist(d, _rewrite("train-images-idx3-ubyte", lambda b: b"\1\2" + b[2:])),
+        "is not an IDX file",
+    ),
+    Case(
+        "data",
+        "truncated IDX file",
+        lambda d: _mnist(d, _rewrite("t10k-images-idx3-ubyte", lambda b: b[:-7])),
+        "header says .*truncated",
+    ),
+    Case("data", "truncated gzip file", lambda d: _mnist(d, _gzip_cut), "damaged or truncated"),
+    Case(
+        "data",
+        "labels outside `num_classes`",
+        lambda d: _mnist(d, _rewrite("train-labels-idx1-ubyte", lambda b: b[:-1] + b"\x63")),
+        "labels span 0..99, outside 0..9",
+    ),
+    Case("data", "images and labels swapped", lambda d: _mnist(d, _swap), "not uint8 images"),
+    Case(
+        "data",
+        "fewer labels than images",
+        lambda d: _mnist(d, _rewrite("t10k-labels-idx1-ubyte", _one_label_less)),
+        "not one label per each of the 64 images",
+    ),
+    Case(
+        "data",
+        "IDX files missing",
+        lambda d: _mnist(d, lambda r: (r / "t10k-labels-idx1-ubyte").unlink()),
+        "no t10k-labels-idx1-ubyte",
+    ),
+    Case(
+        "data",
+        "sweep on a missing dataset",
+        lambda d: _sweep(d, train=TRAIN | {"data": {"name": "fashion-mnist", "root": str(d)}}),
+        "Fashion-MNIST not found",
+    ),
+    # -- paths ----------------------------------------------------------------------------
+    Case(
+        "path",
+        "`train --run-dir` under a file",
+        lambda d: [*_train(d)[:2], "--run-dir", str(_file(d) / "run")],
+        "--run-dir .* cannot be made: .* is a file",
+    ),
+    Case(
+        "path",
+        "`sweep --run-dir` under a file",
+        lambda d: [*_sweep(d)[:2], "--run-dir", str(_file(d) / "run")],
+        "--run-dir .* cannot be made",
+    ),
+    Case(
+        "path",
+        "`report --out` under a file",
+        lambda d: _report(_store(d), _file(d) / "out"),
+        "--out .* cannot be made",
+    ),
+    Case("path", "`coordcheck --json` a directory", lambda d: [*CC, "--json", str(d)], "is a dir"),
+    Case(
+        "path",
+        "`coordcheck --plot` under a file",
+        lambda d: [*CC, "--plot", str(_file(d) / "cc.png")],
+        "--plot .* cannot be made",
+    ),
+    Case("path", "`demo --out` a file", lambda d: ["demo", "--out", str(_file(d))], "is a file"),
+    Case(
+        "path",
+        "a full disk (`--json /dev/full`)",
+        lambda d: [*CC, "--json", "/dev/full"],
+        "/dev/full: No space left on device: the disk is full; free some space",
+    ),
+    # -- checkpoints ----------------------------------------------------------------------
+    Case(
+        "checkpoint",
+        "empty checkpoint",
+        lambda d: _checkpoint(d, lambda p: p.write_bytes(b"")),
+        "not a readable checkpoint",
+    ),
+    Case(
+        "checkpoint",
+        "truncated checkpoint",
+        lambda d: _checkpoint(d, lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])),
+        "not a readable checkpoint",
+    ),
+    Case(
+        "checkpoint",
+        "a text file as checkpoint",
+        lambda d: _checkpoint(d, lambda p: p.write_text("hello")),
+        "not a readable checkpoint",
+    ),
+    Case(
+        "checkpoint",
+        "another program's torch file",
+        lambda d: _checkpoint(d, lambda p: torch.save({"weight": torch.zeros(2)}, p)),
+        r"not a mup2 checkpoint \(it lacks \['config'",
+    ),
+    Case(
+        "checkpoint",
+        "64 bytes flipped inside a tensor",
+        lambda d: _checkpoint(d, _flip_bytes),
+        "the checkpoint is damaged .*; delete .* to start the run over",
+    ),
+    Case(
+        "checkpoint",
+        "the low bit of 16 floats flipped",
+        lambda d: _checkpoint(d, _flip_low_bits),
+        "the checkpoint is damaged",
+    ),
+    # -- configs --------------------------------------------------------------------------
+    Case(
+        "config",
+        "a config that is not UTF-8",
+        lambda d: ["train", _latin1(d), "--run-dir", str(d / "run")],
+        "not a UTF-8 text file",
+    ),
+    Case(
+        "config",
+        "a missing config file",
+        lambda d: ["train", str(d / "none.toml")],
+        "none.toml: No such file or directory: check the path",
+    ),
+    Case(
+        "config",
+        "`device = 'cuda'` without a GPU",
+        lambda d: _train(d, device="cuda"),
+        "device: 'cuda', but this machine has no CUDA GPUs; set device = 'cpu' or 'auto'",
+    ),
+    Case(
+        "config",
+        "`batch_size` larger than `train_size`",
+        lambda d: _train(d, batch_size=512),
+        "batch_size: 512 is more than data.train_size = 64",
+    ),
+    Case(
+        "config",
+        "`batch_size` larger than the dataset",
+        lambda d: _mnist(d, n=8),
+        "batch_size: 16 is more than the 8 training examples",
+    ),
+    Case("config", "`lr = inf`", lambda d: _train(d, **_with("optimizer", lr=INF)), "lr: .*finite"),
+    Case("config", "`rho = inf`", lambda d: _train(d, sam={"rho": INF}), "sam.rho: .*finite"),
+    Case(
+        "config",
+        "`weight_decay = inf`",
+        lambda d: _train(d, **_with("optimizer", weight_decay=INF)),
+        "weight_decay: .*finite",
+    ),
+    Case("config", "data `noise = inf`", lambda d: _train(d, **_with("data", noise=INF)), "noise"),
+    Case(
+        "config",
+        "`label_noise = nan`",
+        lambda d: _train(d, **_with("data", label_noise=NAN)),
+        "data.label_noise: .*finite",
+    ),
+    Case(
+        "config",
+        "`inf` in a grid",
+        lambda d: _sweep(d, grid=GRID | {"rho": [0.0, INF]}),
+        "grid.rho.1: .*finite",
+    ),
+    Case(
+        "config",
+        "`unstable_below = nan`",
+        lambda d: _sweep(d, unstable_below=NAN),
+        "unstable_below: .*finite",
+    ),
+    # -- options --------------------------------------------------------------------------
+    Case("option", "`worker --threads 0`", lambda d: _worker("x", "--threads", "0"), "--threads"),
+    Case(
+        "option",
+        "`worker --max-trials 0`",
+        lambda d: _worker("x", "--max-trials", "0"),
+        "'--max-trials': Input should be greater than or equal to 1",
+    ),
+    Case("option", "`sweep --workers -1`", lambda d: [*_sweep(d), "--workers", "-1"], "--workers"),
+    Case(
+        "option",
+        "`roles --scheme foo`",
+        lambda d: ["roles", "--scheme", "foo"],
+        "'foo' is not one of sp, mup-sgd, mup-adam",
+    ),
+    Case("option", "`roles --width 0`", lambda d: ["roles", "--width", "0"], "--width"),
+    Case(
+        "option",
+        "`coordcheck --batch-size 0`",
+        lambda d: [*CC, "--batch-size", "0"],
+        "--batch-size",
+    ),
+    Case("option", "`coordcheck --lr -1`", lambda d: [*CC, "--lr", "-1"], "-1 must be > 0"),
+    Case("option", "`coordcheck --rho inf`", lambda d: [*CC, "--rho", "inf"], "not a finite"),
+    Case(
+        "option",
+        "`coordcheck --widths 64,x`",
+        lambda d: ["coordcheck", "--widths", "64,x"],
+        "--widths must be comma-separated integers",
+    ),
+    Case(
+        "option",
+        "`coordcheck --widths 64,128`",
+        lambda d: ["coordcheck", "--widths", "64,128"],
+        "at least 3 widths",
+    ),
+    Case(
+        "option",
+        "`report --unstable-below nan`",
+        lambda d: ["report", "--storage", "x", "--study", "s", "--unstable-below", "nan"],
+        "'nan' is not a finite number",
+    ),
+    Case(
+        "option",
+        "`report --unstable-below 2`",
+        lambda d: ["report", "--storage", "x", "--study", "s", "--unstable-below", "2"],
+        "2 must be <= 1",
+    ),
+]
+
+
+def _files(d: Path) -> dict[str, tuple[int, int]]:
+    """What is under ``d`` (SQLite's own -wal/-shm files aside, made by any reader)."""
+    return {
+        str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in d.rglob("*")
+        if not p.name.endswith(("-wal", "-shm"))
+    }
+
+
+def invoke(case: Case, d: Path) -> tuple[int, str]:
+    """Run ``case`` in ``d``: its exit code and message (after checking nothing was written)."""
+    argv = case.argv(d)
+    before = _files(d)
+    res = CliRunner().invoke(app, argv)
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert _files(d) == before, "the command wrote files"
+    return res.exit_code, res.stderr.strip()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.group}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_gets_a_short_message_and_exit_code_2(case: Case, tmp_path: Path) -> None:
+    if "cuda" in case.what and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, message = invoke(case, tmp_path)
+    assert code == 2, message
+    assert message.startswith("error: ") and len(message.splitlines()) <= 2, message
+    assert "Traceback" not in message and re.search(case.message, message), message
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["--debug", "worker", "--storage", "notaurl", "--study", "s"])
+    assert res.exit_code != 2 and isinstance(res.exception, mup2.sweep.StoreError)
+
+
+def test_a_full_disk_under_a_worker_gets_a_message(tmp_path: Path) -> None:
+    """The store's file may not grow (RLIMIT_FSIZE, as on a full disk): the worker stops with a
+    message, not Optuna's ``AssertionError``."""
+    url = _store(tmp_path)
+    limit = (tmp_path / "sweep.db").stat().st_size + 8192
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = [sys.executable, "-m", "mup2.cli", *_worker(url)]
+    res = subprocess.run(cmd, preexec_fn=small_files, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert re.search(r"error: store .*sweep\.db: disk I/O error; free some disk space", res.stderr)
+
+
+def _sgd_group(lr: float) -> list[dict[str, Any]]:
+    return [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": lr}]
+
+
+OPTIMIZERS = [
+    ("`SAM(lr=nan)`", lambda p: mup2.SAM(p, lr=NAN), "lr must be finite, got nan"),
+    ("`SAM(rho=inf)`", lambda p: mup2.SAM(p, lr=0.1, rho=INF), "rho must be finite"),
+    ("`SAM(eta=nan)`", lambda p: mup2.SAM(p, lr=0.1, eta=NAN), "eta must be finite"),
+    (
+        "`SAM(weight_decay=inf)`",
+        lambda p: mup2.SAM(p, lr=0.1, weight_decay=INF),
+        "weight_decay must be finite",
+    ),
+    ("a param group with `lr=nan`", lambda p: mup2.SAM(_sgd_group(NAN)), "group 0: lr must"),
+    ("`LightSAM(lr=inf)`", lambda p: mup2.LightSAM(p, lr=INF), "lr must be finite"),
+    (
+        "`LightSAM(betas=(0.9, nan))`",
+        lambda p: mup2.LightSAM(p, betas=(0.9, NAN)),
+        "betas must be finite",
+    ),
+    ("`AdaGradNorm(lr=inf)`", lambda p: mup2.AdaGradNorm(p, lr=INF), "lr must be finite"),
+]
+
+
+@pytest.mark.parametrize(("what", "make", "message"), OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_optimizers_refuse_non_finite_arguments(what: str, make: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make([torch.nn.Parameter(torch.zeros(2))])
+
+
+def table() -> str:
+    """The markdown table of docs/errors.md: every case with the message it gets."""
+    rows = ["| kind | input | message (exit code 2) |", "|---|---|---|"]
+    for case in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            code, message = invoke(case, Path(tmp))
+            message = message.removeprefix("error: ").replace(tmp, "DIR")
+        assert code == 2, message
+        text = message.replace("|", "\\|").replace("\n", "<br>")
+        rows.append(f"| {case.group} | {case.what} | {text} |")
+    for what, make, _ in OPTIMIZERS:
+        try:
+            make([torch.nn.Parameter(torch.zeros(2))])
+        except ValueError as exc:
+            rows.append(f"| optimizer | {what} | `ValueError`: {exc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    sys.stdout.write(table() + "\n")
