@@ -80,8 +80,26 @@ def _worker(rank: int, port: int, sync: bool, out: str) -> None:
 
     opt.step(closure)
     torch.save([q.detach() for q in model.parameters()], f"{out}.{rank}")
+    # rho = 0: the base step alone, on reduced gradients even in the per-replica mode
+    plain = DistributedDataParallel(_net())
+    opt = SAM(p.param_groups(plain, lr=LR), rho=0.0, model=plain, sync_perturbation=sync)
+
+    def plain_closure() -> Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(plain(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(plain_closure)
+    torch.save([q.detach() for q in plain.parameters()], f"{out}.rho0.{rank}")
     dist.barrier()
     dist.destroy_process_group()
+    # torch 2.13 can abort in interpreter finalization after a gloo run ("terminate called
+    # without an active exception", after all work is done), and spawned processes finalize:
+    # leave without it, as examples/ddp_sam.py does.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.mark.parametrize("sync", [False, True])
@@ -94,6 +112,12 @@ def test_ddp_sam_matches_hand_computation(sync: bool, tmp_path: Path) -> None:
         assert torch.equal(a, b)  # replicas identical, bit for bit
     for got, want in zip(results[0], expected, strict=True):
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    model = _net()
+    mean = [sum(gs) / WORLD for gs in zip(*(_grads(model, r) for r in range(WORLD)), strict=True)]
+    sgd = [w0.detach() - LR * g for w0, g in zip(model.parameters(), mean, strict=True)]
+    for r in range(WORLD):
+        for got, want in zip(torch.load(f"{out}.rho0.{r}"), sgd, strict=True):
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
     per_replica = hand_step(False)
     differs = any(
         not torch.allclose(a, b) for a, b in zip(per_replica, hand_step(True), strict=True)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mup2.errors import check_finite
+from mup2.shards import locals_, shard_reducer
 
 __all__ = ["AdaGradNorm"]
 
@@ -51,20 +52,23 @@ class AdaGradNorm(torch.optim.Optimizer):
         entries = [(g, p) for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not entries:
             return loss
-        grads = []
-        for group, p in entries:
-            grad = p.grad
+        owners = [p for _, p in entries]
+        reduce = shard_reducer(owners)  # FSDP2: per-tensor norms of the shards, summed
+        params = locals_(owners)
+        grads = locals_([p.grad for p in owners])
+        for i, ((group, _), p) in enumerate(zip(entries, params, strict=True)):
             if group["weight_decay"]:
-                grad = grad.add(p, alpha=group["weight_decay"])
-            grads.append(grad)
+                grads[i] = grads[i].add(p, alpha=group["weight_decay"])
         accs = []
-        for _, p in entries:
+        for p, shard in zip(owners, params, strict=True):
             state = self.state[p]
             if "v" not in state:
                 dtype = torch.promote_types(p.dtype, torch.float32)
-                state["v"] = torch.zeros((), device=p.device, dtype=dtype)
+                state["v"] = torch.zeros((), device=shard.device, dtype=dtype)
             accs.append(state["v"])
         sq = torch.stack(torch._foreach_norm(grads)).to(accs[0].dtype) ** 2
+        if reduce is not None:
+            sq = reduce(sq)
         if self.width_aware:
             k = [g.get("m_out", 1.0) / g.get("m_in", 1.0) for g, _ in entries]
             sq = sq * torch.tensor(k, device=sq.device)
@@ -72,5 +76,5 @@ class AdaGradNorm(torch.optim.Optimizer):
         eps0 = entries[0][0]["eps0"]
         denom = torch.sqrt(torch.stack(accs).sum() + eps0**2)
         scales = [-group["lr"] / denom for group, _ in entries]
-        torch._foreach_add_([p for _, p in entries], torch._foreach_mul(grads, scales))
+        torch._foreach_add_(params, torch._foreach_mul(grads, scales))
         return loss

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from mup2.adagrad_norm import AdaGradNorm
 from mup2.perturb import norms
 from mup2.sam import SAM, Restore, _Plan
+from mup2.shards import local
 
 __all__ = ["LightSAM", "Variant", "descent_optimizer"]
 
@@ -101,19 +102,36 @@ class LightSAM(SAM):
         )
 
     def _state(self, p: Tensor, key: str, init: float, scalar: bool = False) -> Tensor:
+        """``self.state[p][key]``, created if missing: a scalar, or a tensor like ``p`` (under
+        FSDP sharded like it; the local shard is returned)."""
         state = self.state[p]
         if key not in state:
             dtype = torch.promote_types(p.dtype, torch.float32)
-            shape = () if scalar else p.shape
-            state[key] = torch.full(shape, init, device=p.device, dtype=dtype)
-        value: Tensor = state[key]
-        return value
+            if scalar:
+                state[key] = torch.full((), init, device=local(p).device, dtype=dtype)
+            else:
+                state[key] = torch.full_like(p, init, dtype=dtype)
+        return local(state[key])
+
+    def init_state(self) -> None:
+        """Create the ascent state of every perturbed tensor at its initial value (as the first
+        step would), so that a fresh optimizer has the structure a checkpoint loads into."""
+        for p in self._factors().owners:
+            if self.variant == "adagrad-norm":
+                self._state(p, "ascent_u", 0.0, scalar=True)
+            elif self.variant == "adagrad":
+                self._state(p, "ascent_u", self.eps0**2)
+            else:
+                self._state(p, "ascent_u", 0.0)
+                self._state(p, "ascent_step", 0.0, scalar=True)
+                if self.ascent_beta1:
+                    self._state(p, "ascent_m", 0.0)
 
     def _perturbation(self, plan: _Plan, grads: list[Tensor]) -> tuple[list[Tensor], Tensor, bool]:
-        params, k = plan.params, plan.rho * plan.c
+        params, k = plan.owners, plan.rho * plan.c
         if self.variant == "adagrad-norm":
             accs = [self._state(p, "ascent_u", 0.0, scalar=True) for p in params]
-            sq = norms(grads, accs[0]) ** 2
+            sq = norms(grads, accs[0], plan.reduce) ** 2
             torch._foreach_add_(accs, list((plan.s.to(sq.dtype) * sq).unbind()))
             every = [st["ascent_u"] for st in self.state.values() if "ascent_u" in st]
             return list(grads), k / torch.sqrt(torch.stack(every).sum() + self.eps0**2), True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -17,10 +17,11 @@ from torch import Tensor, nn
 
 from mup2.errors import check_finite
 from mup2.lr import attach_lr_multipliers
-from mup2.passes import frozen_bn_stats, no_sync
+from mup2.passes import frozen_bn_stats, gradient_sync, no_sync
 from mup2.perturb import perturbation_direction
 from mup2.schemes import perturb_scaling
 from mup2.shapes import Role
+from mup2.shards import Reduce, locals_, shard_reducer
 
 __all__ = ["SAM", "Restore"]
 
@@ -44,7 +45,9 @@ class _Plan:
     """The perturbable tensors with their buffers and factors, aligned; 1-D tensors per tensor.
 
     ``buckets`` groups the indices of tensors with equal ``(rho, c)`` so that a scale
-    proportional to ``rho**2 c`` is applied with one multi-tensor call per bucket."""
+    proportional to ``rho**2 c`` is applied with one multi-tensor call per bucket. Under FSDP
+    ``params``/``bufs`` are the local shards in :meth:`SAM.first_step`, ``owners`` the parameters
+    (state keys) and ``reduce`` sums squared norms across the shards."""
 
     params: list[Tensor]
     bufs: list[Tensor]
@@ -56,6 +59,8 @@ class _Plan:
     eta: list[float]
     keys: list[tuple[float, float]]
     buckets: list[list[int]]
+    owners: list[Tensor]
+    reduce: Reduce | None
 
     def subset(self, keep: Sequence[int]) -> _Plan:
         keys = [self.keys[i] for i in keep]
@@ -71,7 +76,15 @@ class _Plan:
             [self.eta[i] for i in keep],
             keys,
             _buckets(keys),
+            [self.owners[i] for i in keep],
+            shard_reducer([self.owners[i] for i in keep]),
         )
+
+    def local(self) -> _Plan:
+        """The plan over the local shards of sharded (FSDP) tensors; itself when none is."""
+        if self.reduce is None:
+            return self
+        return replace(self, params=locals_(self.params), bufs=locals_(self.bufs))
 
 
 def _buckets(keys: Sequence[tuple[float, float]]) -> list[list[int]]:
@@ -199,6 +212,8 @@ class SAM(torch.optim.Optimizer):
                 eta,
                 keys,
                 _buckets(keys),
+                params,
+                shard_reducer(params),
             )
             self._plan_key = key
         return self._plan
@@ -208,7 +223,14 @@ class SAM(torch.optim.Optimizer):
         :func:`mup2.perturb.perturbation_direction`); ``bucketed``: ``k`` is constant within
         each of ``plan.buckets``. LightSAM overrides it."""
         d, k = perturbation_direction(
-            self.rule, plan.params, grads, plan.rho2c, plan.rho2s, plan.eta, scratch=plan.bufs
+            self.rule,
+            plan.params,
+            grads,
+            plan.rho2c,
+            plan.rho2s,
+            plan.eta,
+            scratch=plan.bufs,
+            reduce=plan.reduce,
         )
         return d, k, self.rule != "asam-layerwise"
 
@@ -223,6 +245,8 @@ class SAM(torch.optim.Optimizer):
             plan = plan.subset([i for i, g in enumerate(grads) if g is not None])
             grads = [p.grad for p in plan.params]
         if plan.params:
+            if plan.reduce is not None:  # FSDP: compute on the local shards
+                plan, grads = plan.local(), locals_(grads)  # type: ignore[assignment, arg-type]
             d, k, bucketed = self._perturbation(plan, grads)  # type: ignore[arg-type]
             groups = (
                 [(idx, k[idx[0]]) for idx in plan.buckets]
@@ -302,20 +326,65 @@ class SAM(torch.optim.Optimizer):
         if closure is None:
             self.second_step(scaler=scaler)
             return None
+        needs_second = self._needs_second_pass()
         first: AbstractContextManager[Any] = nullcontext()
         second: AbstractContextManager[Any] = nullcontext()
         if self.model is not None:
-            if not self.sync_perturbation:
+            if needs_second and not self.sync_perturbation:  # ρ = 0: the step needs reduced grads
                 first = no_sync(self.model)
             second = frozen_bn_stats(self.model)
         with torch.enable_grad(), first:
             loss = closure()
-        if self._needs_second_pass() and (scaler is None or self._unscale_finite(scaler)):
+        if needs_second and (scaler is None or self._unscale_finite(scaler)):
             self.first_step()
             with torch.enable_grad(), second:
                 closure()
         self.second_step(scaler=scaler)
         return loss.detach()
+
+    def step_accumulate(
+        self,
+        loss_fn: Callable[[Any], Tensor],
+        micro_batches: Sequence[Any],
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> Tensor:
+        """One SAM step with gradient accumulation; returns the mean loss at ``w`` (detached).
+
+        ``loss_fn(batch)`` runs the forward pass and returns the mean loss of one micro-batch
+        (no ``backward``, no ``zero_grad``). The first pass accumulates ``∇L/n`` over the ``n``
+        micro-batches, the perturbation is taken once, the second pass accumulates likewise,
+        then the base optimizer steps once: with equal-sized micro-batches this is the step on
+        their union. With ``model=``, gradients are reduced only in the last micro-batch's
+        backward of each pass (DDP ``no_sync``, FSDP2 ``set_requires_gradient_sync``); under DDP
+        without ``sync_perturbation`` the first pass is not reduced at all (per-replica ascent).
+        The second pass runs with frozen BatchNorm statistics; the first updates them once per
+        micro-batch. ``scaler``: as in :meth:`step`."""
+        n = len(micro_batches)
+        if n == 0:
+            raise ValueError("step_accumulate needs at least one micro-batch")
+        second = self._needs_second_pass()
+        ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
+        per_replica = ddp and second and not self.sync_perturbation
+
+        def accumulate(sync_last: bool) -> Tensor:
+            total = torch.zeros(())
+            for i, batch in enumerate(micro_batches):
+                with torch.enable_grad(), gradient_sync(self.model, sync_last and i == n - 1):
+                    loss = loss_fn(batch)
+                    scaled = loss / n
+                    torch.autograd.backward(scaled if scaler is None else scaler.scale(scaled))
+                total = total.to(loss.device) + loss.detach()
+            return total / n
+
+        self.zero_grad()
+        loss = accumulate(sync_last=not per_replica)
+        if second and (scaler is None or self._unscale_finite(scaler)):
+            self.first_step(zero_grad=True)
+            frozen = nullcontext() if self.model is None else frozen_bn_stats(self.model)
+            with frozen:
+                accumulate(sync_last=True)
+        self.second_step(scaler=scaler)
+        return loss
 
     @torch.no_grad()
     def _unscale_finite(self, scaler: torch.amp.GradScaler) -> bool:
