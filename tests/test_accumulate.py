@@ -3,8 +3,6 @@ step equals the step on the union of the micro-batches; gradients are reduced on
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +14,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import mup2
+from harness import Batch, free_port, join_gloo, sam_step, split, tanh_net
 
 WORLD, STEPS, BATCH = 2, 3, 16
-Batch = tuple[Tensor, Tensor]
-
-
-def _net(width: int = 16) -> nn.Module:
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Linear(5, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 3)
-    )
-    return net.double()
 
 
 def _batch(step: int) -> Batch:
@@ -35,13 +25,9 @@ def _batch(step: int) -> Batch:
     return x, torch.randint(0, 3, (BATCH,), generator=g)
 
 
-def _split(batch: Batch, n: int) -> list[Batch]:
-    return list(zip(batch[0].chunk(n), batch[1].chunk(n), strict=True))
-
-
 def _opt(name: str, net: nn.Module, **kw: Any) -> mup2.SAM:
     with torch.device("meta"):
-        base = _net(8)
+        base = tanh_net(8)
     adam = name == "lightsam"
     p = mup2.Parametrization.infer(net, base, "mup-adam" if adam else "mup-sgd")
     groups = p.param_groups(net, lr=0.05)
@@ -51,24 +37,14 @@ def _opt(name: str, net: nn.Module, **kw: Any) -> mup2.SAM:
 
 
 def _train(name: str, micro: int | None, batches: list[Batch]) -> list[Tensor]:
-    model = _net()
+    model = tanh_net()
     opt = _opt(name, model)
 
     def loss_fn(b: Batch) -> Tensor:
         return nn.functional.cross_entropy(model(b[0]), b[1])
 
     for batch in batches:
-        if micro is None:
-
-            def closure(b: Batch = batch) -> Tensor:
-                opt.zero_grad()
-                loss = loss_fn(b)
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-        else:
-            opt.step_accumulate(loss_fn, _split(batch, micro))
+        sam_step(opt, loss_fn, batch, micro)
     return [q.detach() for q in model.parameters()]
 
 
@@ -77,7 +53,7 @@ def test_accumulated_step_equals_large_batch(name: str) -> None:
     batches = [_batch(s) for s in range(STEPS)]
     want = _train(name, None, batches)
     got = _train(name, 4, batches)
-    w0 = [q.detach() for q in _net().parameters()]
+    w0 = [q.detach() for q in tanh_net().parameters()]
     assert max(float((a - b).abs().max()) for a, b in zip(want, w0)) > 1e-3
     for a, b in zip(got, want):
         assert torch.allclose(a, b, rtol=0, atol=1e-12), float((a - b).abs().max())
@@ -89,20 +65,12 @@ def test_one_micro_batch_is_step_bit_for_bit() -> None:
         assert torch.equal(a, b)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    join_gloo(rank, port, WORLD)
     results: dict[str, Any] = {}
     for sync in (True, False):
         for micro in (None, 2):
-            model = _net()
+            model = tanh_net()
             ddp = DistributedDataParallel(model)
             reductions = [0]
 
@@ -119,18 +87,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                 return nn.functional.cross_entropy(ddp(b[0]), b[1])
 
             for step in range(STEPS):
-                mine = _split(_batch(step), WORLD)[rank]
-                if micro is None:
-
-                    def closure(b: Batch = mine, opt: mup2.SAM = opt) -> Tensor:
-                        opt.zero_grad()
-                        loss = loss_fn(b)
-                        loss.backward()
-                        return loss
-
-                    opt.step(closure)
-                else:
-                    opt.step_accumulate(loss_fn, _split(mine, micro))
+                sam_step(opt, loss_fn, split(_batch(step), WORLD)[rank], micro)
             params = [q.detach().clone() for q in model.parameters()]
             results[f"{sync}-{micro}"] = (params, reductions[0])
     if rank == 0:
@@ -142,7 +99,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = str(tmp_path_factory.mktemp("accum") / "results.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
     results: dict[str, Any] = torch.load(out)
     return results
 

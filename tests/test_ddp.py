@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +14,11 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from harness import Batch, free_port, join_gloo, sam_step
 from mup2 import SAM, Parametrization
 
 LR, RHO, WORLD = 0.1, 0.2, 2
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _net() -> nn.Module:
@@ -63,34 +57,22 @@ def hand_step(sync: bool) -> list[Tensor]:
 
 
 def _worker(rank: int, port: int, sync: bool, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    join_gloo(rank, port, WORLD)
     model = _net()
     ddp = DistributedDataParallel(model)
     p = Parametrization.infer(ddp, _net(), "mup-sgd")  # the module. prefix is normalized
     opt = SAM(p.param_groups(ddp, lr=LR), rho=RHO, model=ddp, sync_perturbation=sync)
-    x, y = _shard(rank)
+    batch = _shard(rank)
 
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(ddp(x), y)
-        loss.backward()
-        return loss
+    def loss_fn(b: Batch, net: nn.Module = ddp) -> Tensor:
+        return nn.functional.cross_entropy(net(b[0]), b[1])
 
-    opt.step(closure)
+    sam_step(opt, loss_fn, batch)
     torch.save([q.detach() for q in model.parameters()], f"{out}.{rank}")
     # rho = 0: the base step alone, on reduced gradients even in the per-replica mode
     plain = DistributedDataParallel(_net())
     opt = SAM(p.param_groups(plain, lr=LR), rho=0.0, model=plain, sync_perturbation=sync)
-
-    def plain_closure() -> Tensor:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(plain(x), y)
-        loss.backward()
-        return loss
-
-    opt.step(plain_closure)
+    sam_step(opt, lambda b: loss_fn(b, plain), batch)
     torch.save([q.detach() for q in plain.parameters()], f"{out}.rho0.{rank}")
     dist.barrier()
     dist.destroy_process_group()
@@ -105,7 +87,7 @@ def _worker(rank: int, port: int, sync: bool, out: str) -> None:
 @pytest.mark.parametrize("sync", [False, True])
 def test_ddp_sam_matches_hand_computation(sync: bool, tmp_path: Path) -> None:
     out = str(tmp_path / "params")
-    mp.spawn(_worker, args=(_free_port(), sync, out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), sync, out), nprocs=WORLD, join=True)
     expected = hand_step(sync)
     results = [torch.load(f"{out}.{r}") for r in range(WORLD)]
     for a, b in zip(results[0], results[1], strict=True):
@@ -128,7 +110,7 @@ def test_ddp_sam_matches_hand_computation(sync: bool, tmp_path: Path) -> None:
 def test_ddp_example_runs_and_keeps_replicas_in_sync() -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-        "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
+        "--master-addr=127.0.0.1", f"--master-port={free_port()}",
         str(ROOT / "examples" / "ddp_sam.py"), "--steps", "4", "--width", "128",
     ]  # fmt: skip
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}

@@ -3,8 +3,6 @@ single-process run on the full batch, and a DCP checkpoint taken mid-run resumes
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +16,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 import mup2
 import mup2.dcp
+from harness import Batch, free_port, join_gloo, sam_step, tanh_net
 
 WORLD, STEPS, SAVE_AT, MICRO = 2, 4, 2, 8
 #: ``-accum``: each rank accumulates two micro-batches of 4 (gradient sync on the last only);
@@ -35,21 +34,7 @@ CONFIGS = [
 MP_ATOL = 1e-6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _net(width: int = 16) -> nn.Module:
-    torch.manual_seed(0)  # readout of 3 rows: sharded unevenly over 2 ranks
-    net = nn.Sequential(
-        nn.Linear(5, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 3)
-    )
-    return net.double()
-
-
-def _batch(step: int) -> tuple[Tensor, Tensor]:
+def _batch(step: int) -> Batch:
     g = torch.Generator().manual_seed(100 + step)
     x = torch.randn(WORLD * MICRO, 5, generator=g, dtype=torch.float64)
     return x, torch.randint(0, 3, (WORLD * MICRO,), generator=g)
@@ -60,7 +45,7 @@ def _build(name: str, model: nn.Module, shard: Callable[[nn.Module], None]) -> m
     sgd_like = name.startswith("sam") or name.endswith("adagrad-norm")
     scheme = "mup-sgd" if sgd_like else "mup-adam"
     with torch.device("meta"):
-        base = _net(8)
+        base = tanh_net(8)
     p = mup2.Parametrization.infer(model, base, scheme)  # on the unsharded model
     shard(model)
     groups = p.param_groups(model, lr=0.05)
@@ -73,26 +58,20 @@ def _build(name: str, model: nn.Module, shard: Callable[[nn.Module], None]) -> m
     return mup2.LightSAM(groups, variant, lr=0.02, rho=0.01, model=model)
 
 
-def _steps(model: nn.Module, opt: mup2.SAM, steps: range, rows: slice, micro: int = 1) -> None:
+def _steps(
+    model: nn.Module, opt: mup2.SAM, steps: range, rows: slice, micro: int | None = None
+) -> None:
+    def loss_fn(b: Batch) -> Tensor:
+        return nn.functional.cross_entropy(model(b[0]), b[1])
+
     for step in steps:
         x, y = _batch(step)
-        if micro > 1:
-            parts = zip(x[rows].chunk(micro), y[rows].chunk(micro), strict=True)
-            opt.step_accumulate(lambda b: nn.functional.cross_entropy(model(b[0]), b[1]), [*parts])
-            continue
-
-        def closure(x: Tensor = x[rows], y: Tensor = y[rows]) -> Tensor:
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        sam_step(opt, loss_fn, (x[rows], y[rows]), micro)
 
 
 def reference(name: str) -> list[Tensor]:
     """One process, the full batch of both ranks, no sharding."""
-    model = _net()
+    model = tanh_net()
     opt = _build(name, model, lambda m: None)
     _steps(model, opt, range(STEPS), slice(None))
     return [q.detach() for q in model.parameters()]
@@ -115,22 +94,20 @@ def _full(model: nn.Module) -> list[Tensor]:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    join_gloo(rank, port, WORLD)
     rows = slice(rank * MICRO, (rank + 1) * MICRO)
     results: dict[str, Any] = {}
     for name in CONFIGS:
-        micro = 2 if name.endswith("-accum") else 1
+        micro = 2 if name.endswith("-accum") else None
         shard = _fp32_compute if name.endswith("-mp") else _fully_shard
-        model = _net()
+        model = tanh_net()
         opt = _build(name, model, shard)
         _steps(model, opt, range(SAVE_AT), rows, micro)
         ckpt = f"{out}.{name}.ckpt"
         dcp.save(mup2.dcp.get_state_dict(model, opt), checkpoint_id=ckpt)
         _steps(model, opt, range(SAVE_AT, STEPS), rows, micro)
         final = _full(model)
-        model = _net()
+        model = tanh_net()
         with torch.no_grad():
             for q in model.parameters():
                 q.mul_(-1.0)
@@ -149,7 +126,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = str(tmp_path_factory.mktemp("fsdp") / "results.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
     results: dict[str, Any] = torch.load(out)
     return results
 
@@ -159,7 +136,7 @@ def test_fsdp_matches_full_batch_single_process(name: str, fsdp_results: dict[st
     final, _ = fsdp_results[name]
     want = reference(name.removesuffix("-accum").removesuffix("-mp"))
     atol = MP_ATOL if name.endswith("-mp") else 1e-10
-    w0 = [q.detach() for q in _net().parameters()]
+    w0 = [q.detach() for q in tanh_net().parameters()]
     moved = max(float((a - b).abs().max()) for a, b in zip(want, w0))
     assert moved > 1e-3  # the run really trains
     for got, ref in zip(final, want):

@@ -1,0 +1,62 @@
+"""Helpers shared by the SAM-step and multi-process tests: a float64 test net, one SAM step on a
+batch (closure or accumulated), and joining a 2-process gloo group on localhost."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+import mup2
+
+Batch = tuple[Tensor, Tensor]
+
+
+def tanh_net(width: int = 16) -> nn.Module:
+    """``5 -> width -> width -> 3`` Tanh MLP in float64, seeded (the readout's 3 rows shard
+    unevenly over 2 ranks)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(5, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 3)
+    )
+    return net.double()
+
+
+def split(batch: Batch, n: int) -> list[Batch]:
+    """``batch`` as ``n`` equal micro-batches."""
+    return list(zip(batch[0].chunk(n), batch[1].chunk(n), strict=True))
+
+
+def sam_step(
+    opt: mup2.SAM, loss_fn: Callable[[Batch], Tensor], batch: Batch, micro: int | None = None
+) -> None:
+    """One step on ``batch``: ``opt.step(closure)``, or with ``micro`` micro-batches
+    :meth:`mup2.SAM.step_accumulate`."""
+    if micro is not None:
+        opt.step_accumulate(loss_fn, split(batch, micro))
+        return
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = loss_fn(batch)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def join_gloo(rank: int, port: int, world: int) -> None:
+    """Join a ``world``-process gloo group on 127.0.0.1 with one torch thread per process."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
