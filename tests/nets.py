@@ -51,3 +51,43 @@ def mlp(width: int, d_in: int = 12, classes: int = 5, norm: bool = False) -> nn.
     return nn.Sequential(
         nn.Linear(d_in, width), nn.ReLU(), *mid, nn.ReLU(), nn.Linear(width, classes)
     )
+
+
+class Scaled(nn.Module):
+    """An attention layer the HF way: a ``scaling`` attribute read by its forward."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.head_dim = width // heads
+        self.scaling = self.head_dim**-0.5
+        self.qkv = nn.Linear(width, 3 * width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = (
+            t.view(b, n, -1, self.head_dim).transpose(1, 2) for t in self.qkv(x).chunk(3, -1)
+        )
+        out = nn.functional.scaled_dot_product_attention(q, k, v, scale=self.scaling)
+        return out.transpose(1, 2).reshape(b, n, d)
+
+
+class TiedLM(nn.Module):
+    """Embedding -> Linear -> readout tied to the embedding; ``head_first`` declares the readout
+    before the embedding (and owns the Parameter)."""
+
+    def __init__(self, width: int, vocab: int = 40, head_first: bool = False) -> None:
+        super().__init__()
+        if head_first:
+            self.head = nn.Linear(width, vocab, bias=False)
+            self.embed = nn.Embedding(vocab, width)
+            self.embed.weight = self.head.weight
+        else:
+            self.embed = nn.Embedding(vocab, width)
+            self.head = nn.Linear(width, vocab, bias=False)
+            self.head.weight = self.embed.weight
+        self.mid = nn.Linear(width, width)
+        nn.init.normal_(self.embed.weight, std=0.05)  # the same init whichever owns the tensor
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        out: Tensor = self.head(torch.relu(self.mid(self.embed(tokens))))
+        return out

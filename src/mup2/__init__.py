@@ -1,24 +1,41 @@
-"""mup2: sharpness-aware training whose hyperparameters transfer across width (μP²)."""
+"""mup2: sharpness-aware training whose hyperparameters transfer across width (μP²).
 
-from mup2.adagrad_norm import AdaGradNorm
-from mup2.initializers import InitRule
-from mup2.lightsam import LightSAM
-from mup2.lr import attach_lr_multipliers, multiplied_lrs
-from mup2.parametrize import Override, Parametrization, TensorSpec
-from mup2.passes import frozen_bn_stats, gradient_sync, no_sync
-from mup2.sam import SAM
-from mup2.schemes import (
+Two packages hold the paper's two ideas: :mod:`mup2.parametrization` (roles, schemes, init,
+param groups) and :mod:`mup2.optim` (the SAM rules and their perturbation scalings, SAM,
+LightSAM, AdaGrad-Norm, the pass contexts). Their public names are re-exported here.
+"""
+
+from mup2.optim import (
     LIGHTSAM_RULES,
+    RULES,
+    SAM,
+    SCALINGS,
+    AdaGradNorm,
+    LightSAM,
+    Rule,
+    attach_lr_multipliers,
+    frozen_bn_stats,
+    get_rule,
+    gradient_sync,
+    multiplied_lrs,
+    no_sync,
+)
+from mup2.parametrization import (
     MUP_ADAM,
     MUP_SGD,
-    RULES,
-    SCALINGS,
     SCHEMES,
     SP,
+    InitRule,
+    Override,
+    Parametrization,
     Scheme,
+    ShapeError,
+    TensorShape,
+    TensorSpec,
     get_scheme,
+    infer_shapes,
 )
-from mup2.shapes import Role, ShapeError, TensorShape, infer_shapes
+from mup2.roles import Power, Role
 
 __all__ = [
     "LIGHTSAM_RULES",
@@ -34,13 +51,16 @@ __all__ = [
     "LightSAM",
     "Override",
     "Parametrization",
+    "Power",
     "Role",
+    "Rule",
     "Scheme",
     "ShapeError",
     "TensorShape",
     "TensorSpec",
     "attach_lr_multipliers",
     "frozen_bn_stats",
+    "get_rule",
     "get_scheme",
     "gradient_sync",
     "infer_shapes",

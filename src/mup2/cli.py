@@ -19,7 +19,9 @@ import typer
 from typer.core import TyperGroup
 
 from mup2.errors import USER_ERROR, UserError, describe_os_error
-from mup2.schemes import LIGHTSAM_RULES, RULES, SCALINGS
+from mup2.optim.families import adam_like
+from mup2.optim.rules import LIGHTSAM_RULES, RULES, SCALINGS, get_rule
+from mup2.parametrization.schemes import SCHEMES
 
 __all__ = ["app", "main"]
 
@@ -131,9 +133,7 @@ def roles(
     ] = 64,
     depth: Annotated[int, typer.Option(min=2, help="number of Linear layers")] = 3,
     norm: Annotated[str, typer.Option(parser=_choice("none", "layer", "batch"))] = "none",
-    scheme: Annotated[
-        str, typer.Option(parser=_choice("sp", "mup-sgd", "mup-adam"), help="the scheme")
-    ] = "mup-sgd",
+    scheme: Annotated[str, typer.Option(parser=_choice(*SCHEMES), help="the scheme")] = "mup-sgd",
     rule: Annotated[str, typer.Option(parser=_choice(*RULES), help="the SAM rule")] = "sam",
     scaling: Annotated[
         str, typer.Option(parser=_choice(*SCALINGS), help="the perturbation scaling")
@@ -142,7 +142,7 @@ def roles(
 ) -> None:
     """Print the role report of the built-in MLP: roles, fan and init/LR/rho multipliers."""
     from mup2.models import MLP
-    from mup2.parametrize import Parametrization
+    from mup2.parametrization.parametrize import Parametrization
 
     model = MLP(width, depth=depth, norm=norm)  # type: ignore[arg-type]
     base = MLP(base_width, depth=depth, norm=norm)  # type: ignore[arg-type]
@@ -233,20 +233,22 @@ def coordcheck(
         raise UserError(f"--widths must be comma-separated integers, got {widths!r}") from None
     scalings = list(scaling or TABLE1_SCALINGS)
     rules = [*TABLE1_RULES, *LIGHTSAM_RULES] if table else [rule]
-    norm_ = norm or ("layer" if table or rule == "sam-on" else "none")
-    if "sam-on" in rules and norm_ == "none":
-        raise UserError("rule 'sam-on' perturbs only normalization layers: use --norm layer")
+    norm_only = [r for r in rules if get_rule(r).norm_only]
+    norm_ = norm or ("layer" if norm_only else "none")
+    if norm_only and norm_ == "none":
+        raise UserError(
+            f"rule {norm_only[0]!r} perturbs only normalization layers: use --norm layer"
+        )
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, in_features, generator=gen)
     y = torch.randint(0, 10, (batch_size,), generator=gen)
     factory = partial(MLP, depth=depth, in_features=in_features, norm=norm_)  # type: ignore[arg-type]
-    adam_like = ("lightsam-adagrad", "lightsam-adam")
     try:
         results = [
             res
             for rule_set, rate in (
-                ([r for r in rules if r not in adam_like], lr),
-                ([r for r in rules if r in adam_like], adaptive_lr),
+                ([r for r in rules if not adam_like(r)], lr),
+                ([r for r in rules if adam_like(r)], adaptive_lr),
             )
             if rule_set
             for res in table1(

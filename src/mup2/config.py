@@ -32,8 +32,9 @@ from pydantic import (
 
 from mup2.errors import UserError
 from mup2.models.registry import base_width as _default_base_width
+from mup2.optim.families import FAMILIES, get_family
+from mup2.optim.rules import get_rule
 from mup2.precision import Precision
-from mup2.schemes import perturb_scaling
 
 __all__ = [
     "AdaGradNormConfig",
@@ -258,10 +259,24 @@ class SAMConfig(Section):
     bias_correction: bool = True
     ascent_beta1: _Unit = 0.0
 
+    def sam_rule(self, optimizer: str) -> str:
+        """The name of the rule (:mod:`mup2.optim.rules`) run with base ``optimizer``:
+        ``lightsam`` means the LightSAM rule of the optimizer's adaptive step size."""
+        if self.rule != "lightsam":
+            return self.rule
+        variant = get_family(optimizer).lightsam
+        if variant is None:
+            raise ValueError(
+                f"sam.rule: 'lightsam' needs an adaptive optimizer, not {optimizer!r}: set "
+                "optimizer.name to "
+                + ", ".join(repr(n) for n, f in FAMILIES.items() if f.lightsam is not None)
+            )
+        return f"lightsam-{variant}"
+
     @model_validator(mode="after")
     def _pair(self) -> SAMConfig:
         try:
-            perturb_scaling("lightsam-adam" if self.rule == "lightsam" else self.rule, self.scaling)
+            get_rule(self.sam_rule("adamw")).scaling(self.scaling)
         except ValueError as exc:
             raise ValueError(f"sam.scaling: {exc}") from None
         return self
@@ -330,22 +345,18 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         opt = self.optimizer.name
-        want = "mup-sgd" if opt in ("sgd", "adagrad-norm") else "mup-adam"
+        want = get_family(opt).scheme
         if self.scheme != "sp" and self.scheme != want:
             raise ValueError(
                 f"scheme: {self.scheme!r} has the wrong LR multipliers for optimizer "
                 f"{opt!r}; use {want!r}"
             )
-        if self.sam.rule == "lightsam" and opt == "sgd":
-            raise ValueError(
-                "sam.rule: 'lightsam' needs an adaptive optimizer: set optimizer.name to "
-                "'adamw', 'adagrad' or 'adagrad-norm'"
-            )
+        rule = get_rule(self.sam.sam_rule(opt))
         mlp = self.model if isinstance(self.model, MLPConfig) else None
-        if self.sam.rule == "sam-on" and mlp is not None and mlp.norm == "none":
+        if rule.norm_only and mlp is not None and mlp.norm == "none":
             raise ValueError(
-                "sam.rule: 'sam-on' perturbs only normalization layers and the MLP has none; "
-                "set model.norm to 'layer' or 'batch'"
+                f"sam.rule: {rule.name!r} perturbs only normalization layers and the MLP has "
+                "none; set model.norm to 'layer' or 'batch'"
             )
         n = self.data.train_size
         if n is not None and self.batch_size > n:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,16 +30,12 @@ from tqdm import tqdm
 
 from mup2.checkpoint import load_checkpoint, save_checkpoint
 from mup2.config import (
-    AdagradConfig,
-    AdaGradNormConfig,
-    AdamWConfig,
     CIFARData,
     ConfigError,
     DataConfig,
     FashionMNISTData,
     IDXData,
     ScheduleConfig,
-    SGDConfig,
     SyntheticData,
     TrainConfig,
 )
@@ -55,11 +51,13 @@ from mup2.data import (
     with_label_noise,
 )
 from mup2.errors import UserError
-from mup2.lightsam import LightSAM, Variant, descent_optimizer
 from mup2.models.registry import build_model
-from mup2.parametrize import Parametrization
+from mup2.optim.families import get_family
+from mup2.optim.lightsam import LightSAM, Variant
+from mup2.optim.rules import get_rule
+from mup2.optim.sam import SAM
+from mup2.parametrization.parametrize import Parametrization
 from mup2.precision import autocast, grad_scaler
-from mup2.sam import SAM
 
 __all__ = [
     "CHECKPOINT",
@@ -204,43 +202,35 @@ def make_model(
     return model, p
 
 
-#: Optimizer config name -> LightSAM variant of the same adaptive step size.
-_ADAPTIVE: dict[str, Variant] = {
-    "adamw": "adam",
-    "adagrad": "adagrad",
-    "adagrad-norm": "adagrad-norm",
-}
-
-
 def make_optimizer(config: TrainConfig, model: nn.Module, p: Parametrization) -> SAM:
     """:class:`mup2.SAM` (or :class:`mup2.LightSAM` for ``sam.rule = "lightsam"``) over the μP
     param groups of ``model``."""
     o, s = config.optimizer, config.sam
     groups = p.param_groups(model, lr=o.lr, weight_decay=o.weight_decay)
-    adaptive: dict[str, Any] = {}
-    if isinstance(o, AdamWConfig):
-        adaptive = {"betas": o.betas, "eps": o.eps}
-    elif isinstance(o, AdagradConfig | AdaGradNormConfig):
-        adaptive = {"eps0": o.eps0}
-    if s.rule == "lightsam":  # TrainConfig rejects it with SGD
+    family = get_family(o.name)
+    kw = {k: getattr(o, k) for k in family.keywords}
+    rule = get_rule(s.sam_rule(o.name))
+    if rule.lightsam is not None:
         return LightSAM(
             groups,
-            _ADAPTIVE[o.name],
+            cast(Variant, rule.lightsam),
             lr=o.lr,
             rho=s.rho,
             scaling=s.scaling,
             bias_correction=s.bias_correction,
             ascent_beta1=s.ascent_beta1,
             model=model,
-            **adaptive,
+            **kw,
         )
-    if isinstance(o, SGDConfig):
-        base: type[torch.optim.Optimizer] = torch.optim.SGD
-        kwargs: dict[str, Any] = {"lr": o.lr, "momentum": o.momentum, "nesterov": o.nesterov}
-    else:
-        base, kwargs = descent_optimizer(_ADAPTIVE[o.name], lr=o.lr, **adaptive)
     return SAM(
-        groups, base, rho=s.rho, rule=s.rule, scaling=s.scaling, eta=s.eta, model=model, **kwargs
+        groups,
+        family.optimizer,
+        rho=s.rho,
+        rule=rule.name,
+        scaling=s.scaling,
+        eta=s.eta,
+        model=model,
+        **family.kwargs(lr=o.lr, weight_decay=o.weight_decay, **kw),
     )
 
 

@@ -1,4 +1,5 @@
-"""Coordinate checks: does every layer move, and how much, as the model widens (math note, §5).
+"""Coordinate checks: does every layer move, and how much, as the model widens (§5 of
+``docs/math.md``).
 
 Example::
 

@@ -1,4 +1,4 @@
-"""The perturbation coordinate check (math note, section 5): measure, across widths, how each
+"""The perturbation coordinate check (``docs/math.md`` §5): measure, across widths, how each
 parametrized module's output moves under SAM's perturbation and the base optimizer's update.
 
 For every module holding trainable parameters directly (Linear, Conv, norms, modules with
@@ -39,12 +39,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mup2.lightsam import LightSAM, Variant
-from mup2.parametrize import Override, Parametrization
-from mup2.passes import frozen_bn_stats
-from mup2.sam import SAM
-from mup2.schemes import LIGHTSAM_RULES, MUP_ADAM, MUP_SGD, Scheme, get_scheme, perturb_scaling
-from mup2.shapes import BaseSpec, Role, is_norm, normalize_name
+from mup2.optim.contexts import frozen_bn_stats
+from mup2.optim.families import family_of_variant
+from mup2.optim.lightsam import LightSAM, Variant
+from mup2.optim.rules import get_rule
+from mup2.optim.sam import SAM
+from mup2.parametrization.parametrize import Override, Parametrization
+from mup2.parametrization.schemes import MUP_SGD, Scheme, get_scheme
+from mup2.parametrization.shapes import BaseSpec, is_norm, normalize_name
+from mup2.roles import Role
 
 __all__ = [
     "EFFECTIVE_SLOPE",
@@ -63,7 +66,7 @@ __all__ = [
 QUANTITIES = ("activation", "update", "effective_perturbation", "total_perturbation")
 #: Layer groups of Table 1; a module's group is its weight's role, or ``normalization``.
 GROUPS = ("input-like", "hidden-like", "output-like", "normalization", "scalar-like", "attention")
-#: A layer is effectively perturbed when its slope is finite and above this (math note, §5).
+#: A layer is effectively perturbed when its slope is finite and above this (``docs/math.md`` §5).
 EFFECTIVE_SLOPE = -0.25
 
 ModelFactory = Callable[[int], nn.Module]
@@ -599,16 +602,15 @@ def coord_check(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not seeds:
         raise ValueError("seeds must not be empty")
-    if optimizer is None:
-        perturb_scaling(rule, scaling)  # fail early on an unknown rule or scaling
     sch = get_scheme(scheme)
-    if optimizer is None and rule in LIGHTSAM_RULES:
-        variant = rule.removeprefix("lightsam-")
-        optimizer = partial(
-            LightSAM, variant=cast(Variant, variant), lr=lr, rho=rho, scaling=scaling
-        )
-        if sch is MUP_SGD and variant != "adagrad-norm":
-            sch = MUP_ADAM
+    if optimizer is None:
+        rule_ = get_rule(rule)
+        rule_.scaling(scaling)  # fail early on an unknown rule or scaling
+        if rule_.lightsam is not None:
+            variant = cast(Variant, rule_.lightsam)
+            optimizer = partial(LightSAM, variant=variant, lr=lr, rho=rho, scaling=scaling)
+            if sch is MUP_SGD:  # the variant's own μP scheme
+                sch = get_scheme(family_of_variant(variant).scheme)
     base_w = ws[0] if base_width is None else base_width
     if isinstance(base_w, bool) or not isinstance(base_w, int) or base_w < 1:
         raise ValueError(f"base_width must be a positive integer, got {base_w!r}")
@@ -628,12 +630,6 @@ def coord_check(
                 p = Parametrization.infer(
                     model, base, sch, overrides=overrides, attention=attention
                 )
-                no_norm = not any(t.shape.norm for t in p.tensors.values())
-                if optimizer is None and rule == "sam-on" and no_norm:
-                    raise ValueError(
-                        "rule 'sam-on' perturbs only normalization parameters and the model has "
-                        "none: give it normalization layers, e.g. MLP(width, norm='layer')"
-                    )
                 p.init_(model, seed=seed)
                 modules = _param_modules(model)
                 if width == ws[-1] and not layers:

@@ -17,6 +17,8 @@ from mup2.coordcheck.measure import (
     Slope,
     coord_check,
 )
+from mup2.optim.rules import LIGHTSAM_RULES, RULES, get_rule
+from mup2.tables import format_table
 
 __all__ = [
     "RULE_NAMES",
@@ -30,15 +32,7 @@ __all__ = [
 
 TABLE1_RULES = ("sam", "sam-on", "asam", "asam-layerwise")
 TABLE1_SCALINGS = ("naive", "global", "mup2")
-RULE_NAMES = {
-    "sam": "SAM",
-    "sam-on": "SAM-ON",
-    "asam": "elementwise ASAM",
-    "asam-layerwise": "layerwise ASAM",
-    "lightsam-adagrad-norm": "LightSAM AdaGrad-Norm",
-    "lightsam-adagrad": "LightSAM AdaGrad",
-    "lightsam-adam": "LightSAM Adam",
-}
+RULE_NAMES = {name: get_rule(name).label for name in (*RULES, *LIGHTSAM_RULES)}
 _SCALING_NAMES = {
     "naive": "naive",
     "global": "global",
@@ -81,10 +75,6 @@ def format_slopes(results: Sequence[CoordCheck], step: int = -1) -> str:
                     f"{s.values[-1]:.3g}",
                 )
             )
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
     head = ""
     if results:
         r0 = results[0]
@@ -92,7 +82,7 @@ def format_slopes(results: Sequence[CoordCheck], step: int = -1) -> str:
             f"scheme {r0.scheme}, widths {list(r0.widths)}, seeds {list(r0.seeds)}, "
             f"step {step % r0.steps + 1} of {r0.steps}; slope of log2 RMS vs log2 width\n"
         )
-    return head + "\n".join(line.rstrip() for line in lines)
+    return head + format_table(rows, cols, underline=True)
 
 
 def table1(
@@ -140,18 +130,13 @@ def format_table1(
         if s.quantity == quantity and any(math.isfinite(v) for v in s.values)
     }
     groups = [g for g in GROUPS if g in measured]
-    lines = [
-        "| rule | scaling | " + " | ".join(groups) + " |",
-        "|---|---|" + "---|" * len(groups),
-    ]
+    rows: list[list[str]] = []
     for r in results:
         by_group: dict[str, list[Slope]] = {g: [] for g in groups}
         for s in r.slopes(step):
             if s.quantity == quantity and s.group in by_group:
                 by_group[s.group].append(s)
         name = RULE_NAMES.get(r.rule, r.rule)
-        cells = [_cell(by_group[g]) for g in groups]
-        lines.append(
-            f"| {name} | {_SCALING_NAMES.get(r.scaling, r.scaling)} | " + " | ".join(cells) + " |"
-        )
-    return "\n".join(lines)
+        scaling = _SCALING_NAMES.get(r.scaling, r.scaling)
+        rows.append([name, scaling, *(_cell(by_group[g]) for g in groups)])
+    return format_table(rows, ["rule", "scaling", *groups], markdown=True)

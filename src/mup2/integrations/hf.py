@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from mup2.parametrize import Parametrization
-from mup2.passes import frozen_bn_stats, gradient_sync
-from mup2.sam import SAM
+from mup2.optim.contexts import frozen_bn_stats, gradient_sync
+from mup2.optim.sam import SAM
+from mup2.parametrization.parametrize import Parametrization
 
 __all__ = ["SAMTrainer"]
 
@@ -87,11 +87,12 @@ class SAMTrainer(Trainer):
             return loss
         sam, batches = self.sam, self._micro_batches
         self._micro_batches = []
-        if sam._needs_second_pass():
-            sam.first_step(zero_grad=True)
+        second = sam.needs_second_pass()
+        sam.first_step(zero_grad=second)  # with rho = 0: nothing moves, the grads stay
+        if second:
             with frozen_bn_stats(model):
                 for i, (batch, items) in enumerate(batches):
                     with gradient_sync(model, i == len(batches) - 1):
                         super().training_step(model, dict(batch), items)
-            sam.unperturb()
+        sam.unperturb()  # the Trainer's optimizer.step() is then SAM's second step
         return loss

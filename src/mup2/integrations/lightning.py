@@ -32,7 +32,7 @@ from typing import Any
 import lightning
 from torch import Tensor
 
-from mup2.sam import SAM
+from mup2.optim.sam import SAM
 
 __all__ = ["sam_step"]
 

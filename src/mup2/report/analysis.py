@@ -1,6 +1,6 @@
 """From finished runs to Figure 1's numbers: per-cell statistics over seeds, the optimum
 ``(η*, ρ*)`` per parametrization and width, the region within 1% of it, and the transfer verdict
-(math note, §7)."""
+(``docs/math.md`` §7)."""
 
 from __future__ import annotations
 
@@ -200,7 +200,8 @@ Verdict = Literal["holds", "fails", "n/a"]
 
 @dataclass(frozen=True)
 class Transfer:
-    """Whether ``(η*, ρ*)`` transfers across the widths of one parametrization (math note §7).
+    """Whether ``(η*, ρ*)`` transfers across the widths of one parametrization (§7 of
+    ``docs/math.md``).
 
     Holds when, over all widths with an optimum, ``η*`` and ``ρ*`` each stay within ``max_steps``
     grid steps (largest minus smallest grid index) and the optimum's accuracy at the largest

@@ -1,8 +1,13 @@
 """Read a sweep's trials from its Optuna storage into a small typed table.
 
-Only the public Optuna API is used (``optuna.load_study``, ``Study.get_trials``). Every trial is
-kept, whatever its state, so that the summary can count failed and pending ones; the analysis
-uses the finished grid trials (:attr:`Run.done`).
+The trials come from Optuna's public API (``optuna.get_all_study_names``, ``optuna.load_study``,
+``Study.get_trials``), with one exception: a trial that was enqueued but has not started
+(WAITING) has no ``params`` yet, so to count it as a planned, unfinished cell its grid point is
+read from ``FrozenTrial.system_attrs["fixed_params"]``, where ``Study.enqueue_trial`` keeps the
+parameters it was given. That key is an Optuna implementation detail, not documented API; if it is
+missing, the user attribute ``grid`` that the sweep sets on every trial it enqueues is used
+instead. Every trial is kept, whatever its state, so that the summary can count failed and
+pending ones; the analysis uses the finished grid trials (:attr:`Run.done`).
 """
 
 from __future__ import annotations
@@ -10,9 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_type_hints
 
 from mup2.errors import UserError
+from mup2.sweep.grid import GRID_KEYS, GridPoint
 from mup2.sweep.store import redact
 
 __all__ = [
@@ -25,8 +31,7 @@ __all__ = [
     "redact",
 ]
 
-GRID_KEYS = ("parametrization", "width", "lr", "rho", "seed")
-"""The parameters every grid trial carries."""
+_GRID_TYPES: dict[str, Any] = get_type_hints(GridPoint)  # key -> str, int or float
 
 
 class ReportError(UserError):
@@ -39,7 +44,8 @@ class StudyNotFoundError(ReportError, LookupError):
 
 @dataclass(frozen=True)
 class Run:
-    """One trial of the sweep. Grid fields are ``None`` for trials without the grid parameters."""
+    """One trial of the sweep. The grid fields (:data:`GRID_KEYS`) are ``None`` for trials
+    without the grid parameters."""
 
     number: int
     state: str
@@ -60,7 +66,7 @@ class Run:
     @property
     def grid(self) -> bool:
         """Whether the trial carries all of :data:`GRID_KEYS`."""
-        return None not in (self.parametrization, self.width, self.lr, self.rho, self.seed)
+        return all(getattr(self, k) is not None for k in GRID_KEYS)
 
     @property
     def done(self) -> bool:
@@ -105,22 +111,27 @@ def _num(x: Any, kind: type[int] | type[float]) -> Any:
     return kind(x)
 
 
+def _grid(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`GRID_KEYS` of a trial's parameters, each as its :class:`GridPoint` type
+    (``None`` where missing, or not a number for a numeric key)."""
+    out: dict[str, Any] = {}
+    for k in GRID_KEYS:
+        x, kind = params.get(k), _GRID_TYPES[k]
+        out[k] = (str(x) if x is not None else None) if kind is str else _num(x, kind)
+    return out
+
+
 def _run(t: Any) -> Run:
     params: Mapping[str, Any] = t.params
     attrs: Mapping[str, Any] = t.user_attrs
     if not params:  # enqueued but not started: the fixed parameters wait in system_attrs
         fixed = t.system_attrs.get("fixed_params", attrs.get("grid"))
         params = fixed if isinstance(fixed, Mapping) else {}
-    par = params.get("parametrization")
     status = attrs.get("status")
     return Run(
         number=int(t.number),
         state=str(t.state.name),
-        parametrization=str(par) if par is not None else None,
-        width=_num(params.get("width"), int),
-        lr=_num(params.get("lr"), float),
-        rho=_num(params.get("rho"), float),
-        seed=_num(params.get("seed"), int),
+        **_grid(params),
         status=str(status) if status is not None else None,
         value=_num(t.value, float),
         test_accuracy=_num(attrs.get("test_accuracy"), float),

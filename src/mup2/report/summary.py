@@ -11,6 +11,8 @@ from pathlib import Path
 
 from mup2.report.analysis import Analysis, Optimum, Transfer, difference
 from mup2.report.load import Sweep
+from mup2.sweep.grid import GRID_KEYS
+from mup2.tables import format_table
 
 __all__ = [
     "OPTIMA_COLUMNS",
@@ -23,11 +25,7 @@ __all__ = [
 TRIAL_COLUMNS = (
     "number",
     "state",
-    "parametrization",
-    "width",
-    "lr",
-    "rho",
-    "seed",
+    *GRID_KEYS,
     "status",
     "test_accuracy",
     "test_loss",
@@ -185,20 +183,9 @@ def write_summary(a: Analysis, path: Path, figures: Sequence[Path], tables: Sequ
         "",
         "## Transfer",
         "",
-        "| parametrization | widths | η* moves | ρ* moves | accuracy, largest − smallest width "
-        "| transfer | why |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for p in s.parametrizations:
-        t = a.transfers[p]
-        ws = ", ".join(map(str, t.widths)) or "–"
-        multi = len(t.widths) > 1 and t.verdict != "n/a"
-        change = f"{100 * t.accuracy_change:+.2f} points" if multi else "–"
-        lr_s, rho_s = (_steps(t.lr_steps), _steps(t.rho_steps)) if multi else ("–", "–")
-        lines.append(f"| {p} | {ws} | {lr_s} | {rho_s} | {change} | {_verdict(t)} | {t.reason} |")
-    lines += [
+        _transfer_table(a),
         "",
-        f"Criterion (math note §7): transfer holds when, across all widths with a finished "
+        f"Criterion (`docs/math.md` §7): transfer holds when, across all widths with a finished "
         f"optimum, η* and ρ* each stay within {_steps(a.max_steps)} of the log2-spaced grid "
         f"(largest minus smallest grid index) and the accuracy at the optimum of the largest "
         f"width is at least that of the smallest width minus {_points(a.tolerance)}. "
@@ -213,35 +200,8 @@ def write_summary(a: Analysis, path: Path, figures: Sequence[Path], tables: Sequ
             "",
             f"### {p}",
             "",
-            "| width | η* | ρ* | accuracy | edge | base (ρ = 0, same η) | best base (η) "
-            "| SAM − best base | unstable runs | unfinished cells |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            _optima_table(a, p),
         ]
-        for w in g.widths:
-            o = a.optimum(p, w)
-            bad, done = a.unstable_runs(p, w)
-            todo = g.missing(w)
-            if o is None:
-                lines.append(
-                    f"| {w} | – | – | no finished run | – | – | – | – | {bad}/{done} | {todo} |"
-                )
-                continue
-            c = o.cell
-            acc = f"{_pts(c.mean)} ± {_pts(c.spread)} ({c.n} seeds, {c.spread_kind})"
-            if c.n == 1:
-                acc = f"{_pts(c.mean)} (one seed)"
-            base = f"{_pts(o.base.mean)}" if o.base is not None else "–"
-            bb = o.best_base
-            best = f"{_pts(bb.mean)} ({_pow2(bb.lr)})" if bb is not None else "–"
-            g_, ci = _gain(o)
-            gain = "–" if g_ is None else f"{100 * g_:+.2f}"
-            if g_ is not None and ci is not None and math.isfinite(ci):
-                gain += f" ± {_pts(ci)}"
-            edge = ", ".join(o.edges) or "–"
-            lines.append(
-                f"| {w} | {_pow2(o.lr)} | {_pow2(o.rho)} | {acc} | {edge} | {base} | {best} "
-                f"| {gain} | {bad}/{done} | {todo} |"
-            )
         bad, done = a.unstable_runs(p)
         lines += ["", f"Unstable runs: {bad} of {done} finished."]
         if g.base_from:
@@ -266,6 +226,67 @@ def write_summary(a: Analysis, path: Path, figures: Sequence[Path], tables: Sequ
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _transfer_table(a: Analysis) -> str:
+    """The transfer verdict of every parametrization, as markdown."""
+    header = (
+        "parametrization",
+        "widths",
+        "η* moves",
+        "ρ* moves",
+        "accuracy, largest − smallest width",
+        "transfer",
+        "why",
+    )
+    rows: list[list[str]] = []
+    for p in a.sweep.parametrizations:
+        t = a.transfers[p]
+        ws = ", ".join(map(str, t.widths)) or "–"
+        multi = len(t.widths) > 1 and t.verdict != "n/a"
+        change = f"{100 * t.accuracy_change:+.2f} points" if multi else "–"
+        lr_s, rho_s = (_steps(t.lr_steps), _steps(t.rho_steps)) if multi else ("–", "–")
+        rows.append([p, ws, lr_s, rho_s, change, _verdict(t), t.reason])
+    return format_table(rows, header, markdown=True)
+
+
+def _optima_table(a: Analysis, p: str) -> str:
+    """The optimum of every width of parametrization ``p``, as markdown."""
+    header = (
+        "width",
+        "η*",
+        "ρ*",
+        "accuracy",
+        "edge",
+        "base (ρ = 0, same η)",
+        "best base (η)",
+        "SAM − best base",
+        "unstable runs",
+        "unfinished cells",
+    )
+    g = a.grids[p]
+    rows: list[list[str]] = []
+    for w in g.widths:
+        o = a.optimum(p, w)
+        bad, done = a.unstable_runs(p, w)
+        runs, todo = f"{bad}/{done}", str(g.missing(w))
+        if o is None:
+            rows.append([str(w), "–", "–", "no finished run", "–", "–", "–", "–", runs, todo])
+            continue
+        c = o.cell
+        acc = f"{_pts(c.mean)} ± {_pts(c.spread)} ({c.n} seeds, {c.spread_kind})"
+        if c.n == 1:
+            acc = f"{_pts(c.mean)} (one seed)"
+        base = f"{_pts(o.base.mean)}" if o.base is not None else "–"
+        bb = o.best_base
+        best = f"{_pts(bb.mean)} ({_pow2(bb.lr)})" if bb is not None else "–"
+        g_, ci = _gain(o)
+        gain = "–" if g_ is None else f"{100 * g_:+.2f}"
+        if g_ is not None and ci is not None and math.isfinite(ci):
+            gain += f" ± {_pts(ci)}"
+        edge = ", ".join(o.edges) or "–"
+        rows.append([str(w), _pow2(o.lr), _pow2(o.rho), acc, edge, base, best, gain, runs, todo])
+    return format_table(rows, header, markdown=True)
 
 
 def _describe(name: str, a: Analysis) -> str:

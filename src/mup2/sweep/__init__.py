@@ -16,11 +16,12 @@ from mup2.sweep.engine import (
     stop_on_signals,
     sweep_state,
 )
-from mup2.sweep.grid import GridPoint, expand, trial_config
+from mup2.sweep.grid import GRID_KEYS, GridPoint, expand, trial_config
 from mup2.sweep.local import run_sweep
 from mup2.sweep.store import StoreError, open_storage
 
 __all__ = [
+    "GRID_KEYS",
     "PARAMETRIZATIONS",
     "GridConfig",
     "GridPoint",

@@ -5,10 +5,10 @@ fixed (under the store's lock, :func:`mup2.sweep.store.store_lock`, so two drive
 together queue it once); workers (processes on any machine that reaches the storage) claim
 waiting trials until none is waiting or running. A worker records itself on the trial it claims
 (:mod:`mup2.sweep.owner`) and sends heartbeats; a running trial whose worker is gone (certainly
-dead on this machine, or silent for ``3 * heartbeat_seconds``) is failed and enqueued again, up
-to ``max_retries`` times, and an interrupted one is enqueued again at once. A finished trial is
-never rerun: resuming enqueues only the points with no finished, waiting or running trial. No
-trial is made but for a grid point.
+dead on this machine, or silent for :data:`~mup2.sweep.store.STALE_HEARTBEATS` heartbeat
+intervals) is failed and enqueued again, up to ``max_retries`` times, and an interrupted one is
+enqueued again at once. A finished trial is never rerun: resuming enqueues only the points with
+no finished, waiting or running trial. No trial is made but for a grid point.
 
 Trial record: ``params`` = :class:`~mup2.sweep.grid.GridPoint` (also in the user attribute
 ``grid``, set when it is enqueued); ``value`` = final test accuracy (the last finite epoch's, 0
@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mup2.config import ConfigError, TrainConfig
 from mup2.data import DataSplits
 from mup2.sweep.config import PARAMETRIZATIONS, SweepConfig, parse_sweep_config
-from mup2.sweep.grid import GridPoint, expand, scheme_of, trial_config
+from mup2.sweep.grid import GRID_KEYS, GridPoint, expand, scheme_of, trial_config
 from mup2.sweep.owner import OWNER, is_dead, me, requeue
 from mup2.sweep.store import StoreError, open_storage, redact, store_errors, store_lock
 from mup2.train import load_data, resolve_device, train
@@ -57,8 +57,6 @@ __all__ = [
     "sweep_state",
 ]
 
-_KEYS = ("parametrization", "width", "lr", "rho", "seed")
-
 
 def default_storage(cfg: SweepConfig, run_dir: str | Path) -> str:
     """``cfg.storage``, else an SQLite file ``sweep.db`` in ``run_dir``."""
@@ -71,7 +69,7 @@ def default_storage(cfg: SweepConfig, run_dir: str | Path) -> str:
 
 def _point(trial: FrozenTrial) -> GridPoint | None:
     grid = trial.user_attrs.get("grid")
-    return GridPoint(**{k: grid[k] for k in _KEYS}) if isinstance(grid, dict) else None
+    return GridPoint(**{k: grid[k] for k in GRID_KEYS}) if isinstance(grid, dict) else None
 
 
 @dataclass(frozen=True)
@@ -405,9 +403,9 @@ def _heartbeat(store: Any, trial_id: int, seconds: int) -> Iterator[None]:
 
 def _fail_lost(study: optuna.Study, storage: str, cfg: SweepConfig) -> None:
     """Fail and requeue (counted against ``max_retries``) every running trial whose worker is
-    gone: dead on this machine, silent for ``3 * heartbeat_seconds`` (Optuna's stale trials),
-    or never recorded as owned ``10 * heartbeat_seconds`` after it was claimed (a worker that
-    died within its claim)."""
+    gone: dead on this machine, silent for :data:`~mup2.sweep.store.STALE_HEARTBEATS` heartbeat
+    intervals (Optuna's stale trials), or never recorded as owned ``10 * heartbeat_seconds`` after
+    it was claimed (a worker that died within its claim)."""
     store = study._storage
     now = datetime.now()
     with store_lock(storage):

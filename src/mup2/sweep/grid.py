@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from mup2.config import ConfigError, TrainConfig, parse_config
+from mup2.optim.families import get_family
 from mup2.sweep.config import PARAMETRIZATIONS, GridConfig, SubGrid, SweepConfig
 
-__all__ = ["GridPoint", "expand", "scheme_of", "trial_config"]
+__all__ = ["GRID_KEYS", "GridPoint", "expand", "scheme_of", "trial_config"]
 
 
 @dataclass(frozen=True, order=True)
@@ -27,12 +28,16 @@ class GridPoint:
         return asdict(self)
 
 
+GRID_KEYS: tuple[str, ...] = tuple(f.name for f in fields(GridPoint))
+"""The parameters every grid trial carries: :class:`GridPoint`'s fields, in order."""
+
+
 def scheme_of(cfg: SweepConfig, parametrization: str) -> str:
     """The scheme (``sp``, ``mup-sgd``, ``mup-adam``) a parametrization trains with."""
     family, _ = PARAMETRIZATIONS[parametrization]
     if family == "sp":
         return "sp"
-    return "mup-sgd" if cfg.train.optimizer.name in ("sgd", "adagrad-norm") else "mup-adam"
+    return get_family(cfg.train.optimizer.name).scheme
 
 
 def expand(cfg: SweepConfig) -> list[GridPoint]:

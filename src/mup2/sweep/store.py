@@ -30,7 +30,19 @@ from optuna.storages import RDBStorage
 from mup2.errors import UserError
 from mup2.sweep.owner import requeue
 
-__all__ = ["StoreError", "open_storage", "redact", "sqlite_path", "store_errors", "store_lock"]
+__all__ = [
+    "STALE_HEARTBEATS",
+    "StoreError",
+    "open_storage",
+    "redact",
+    "sqlite_path",
+    "store_errors",
+    "store_lock",
+]
+
+#: A running trial is stale (failed, then requeued) after this many heartbeat intervals without
+#: a heartbeat: Optuna's ``grace_period`` is ``STALE_HEARTBEATS * heartbeat_seconds``.
+STALE_HEARTBEATS = 3
 
 #: The advisory-lock key of mup2 on PostgreSQL (any constant 64-bit integer).
 _PG_LOCK_KEY = 0x6D757032_73776565  # "mup2swee"
@@ -145,10 +157,11 @@ def _acquire(url: str) -> Iterator[None]:
 def open_storage(
     url: str, heartbeat_seconds: int = 10, max_retries: int = 2, *, create: bool = False
 ) -> RDBStorage:
-    """The Optuna storage at ``url`` with heartbeats (a trial silent for ``3 *
-    heartbeat_seconds`` is failed and requeued up to ``max_retries`` times). ``create``: make the
-    SQLite file and the tables if missing (the sweep driver); otherwise the store must exist
-    (workers, report), and a missing SQLite file is an error rather than created."""
+    """The Optuna storage at ``url`` with a heartbeat every ``heartbeat_seconds`` (a trial silent
+    for :data:`STALE_HEARTBEATS` of them is failed and requeued up to ``max_retries`` times).
+    ``create``: make the SQLite file and the tables if missing (the sweep driver); otherwise the
+    store must exist (workers, report), and a missing SQLite file is an error rather than
+    created."""
     path = sqlite_path(url)
     if path is not None and not create and not path.is_file():
         raise StoreError(
@@ -174,7 +187,7 @@ def open_storage(
             url,
             engine_kwargs=kwargs,
             heartbeat_interval=heartbeat_seconds,
-            grace_period=3 * heartbeat_seconds,
+            grace_period=STALE_HEARTBEATS * heartbeat_seconds,
             heartbeat_stale_trial_callback=functools.partial(requeue, max_retries=max_retries),
         )
     if sqlite:

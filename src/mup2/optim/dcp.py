@@ -1,0 +1,66 @@
+"""``torch.distributed.checkpoint`` state dicts for :class:`mup2.SAM` / :class:`mup2.LightSAM`.
+
+``torch.distributed.checkpoint.state_dict.get_state_dict(model, sam)`` keeps only an optimizer's
+``state`` and ``param_groups``, so it would drop the base optimizer's state (momenta, Adam
+moments) that :meth:`mup2.SAM.state_dict` nests. These helpers save three entries, each keyed by
+parameter name and sharded like the parameters under FSDP2: ``model``, ``optim`` (the base
+optimizer, with the param groups and their μP metadata) and ``ascent`` (SAM's own state, e.g.
+LightSAM's accumulators; empty for SAM)::
+
+    sd = mup2.optim.dcp.get_state_dict(model, opt)
+    torch.distributed.checkpoint.save(sd, checkpoint_id=path)
+    ...
+    sd = mup2.optim.dcp.get_state_dict(model, opt)  # the structure to load into
+    torch.distributed.checkpoint.load(sd, checkpoint_id=path)
+    mup2.optim.dcp.set_state_dict(model, opt, sd)
+
+Save between steps (the perturbation buffer is not saved), as with :meth:`mup2.SAM.state_dict`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint import state_dict as dsd
+
+from mup2.optim.lightsam import LightSAM
+from mup2.optim.sam import SAM
+
+__all__ = ["get_state_dict", "set_state_dict"]
+
+
+class _Ascent(torch.optim.Optimizer):
+    """SAM's own state and groups seen as a stateful optimizer whose ``step`` does nothing (DCP
+    may call ``step`` with zero gradients to initialize state; SAM's would step the base)."""
+
+    def __init__(self, sam: SAM) -> None:
+        super().__init__([{"params": list(g["params"])} for g in sam.param_groups], {})
+        self.param_groups, self.state = sam.param_groups, sam.state  # shared, not copied
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        return None
+
+
+def get_state_dict(model: nn.Module, opt: SAM) -> dict[str, Any]:
+    """``{"model", "optim", "ascent"}`` for ``torch.distributed.checkpoint.save``/``load``."""
+    if isinstance(opt, LightSAM):
+        opt.init_state()  # a fresh optimizer must offer its state's structure to load into
+    return {
+        "model": dsd.get_model_state_dict(model),
+        "optim": dsd.get_optimizer_state_dict(model, opt.base_optimizer),
+        "ascent": dsd.get_optimizer_state_dict(model, _Ascent(opt)) if opt.state else {},
+    }
+
+
+def set_state_dict(model: nn.Module, opt: SAM, state_dict: dict[str, Any]) -> None:
+    """Load what :func:`get_state_dict` produced (after ``torch.distributed.checkpoint.load``)."""
+    dsd.set_model_state_dict(model, state_dict["model"])
+    dsd.set_optimizer_state_dict(model, opt.base_optimizer, state_dict["optim"])
+    opt.param_groups = opt.base_optimizer.param_groups
+    if state_dict["ascent"]:
+        view = _Ascent(opt)
+        dsd.set_optimizer_state_dict(model, view, state_dict["ascent"])
+        opt.state = view.state
+    opt._plan_key = None

@@ -1,0 +1,79 @@
+"""Scheduler-safe learning-rate multipliers.
+
+A param group's ``lr`` holds the *base* learning rate, the one LR schedulers read and write; its
+``lr_mult`` (from :class:`mup2.Parametrization`) is applied only for the duration of the wrapped
+optimizer's ``step``. Schedulers that set absolute learning rates (``OneCycleLR``, ``CyclicLR``)
+therefore cannot clobber the μP multipliers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+__all__ = ["attach_lr_multipliers", "multiplied_lrs"]
+
+_ATTACHED = "_mup2_lr_hooks"
+
+
+@contextmanager
+def multiplied_lrs(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Within the block each group's ``lr`` is multiplied by its ``lr_mult``; restored exactly."""
+    saved: list[tuple[dict[str, Any], Any]] = []
+    for group in optimizer.param_groups:
+        mult = group.get("lr_mult", 1.0)
+        if mult != 1.0 and "lr" in group:
+            saved.append((group, group["lr"]))
+            group["lr"] = group["lr"] * mult
+    try:
+        yield
+    finally:
+        for group, lr in saved:
+            group["lr"] = lr
+
+
+def attach_lr_multipliers(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Make ``optimizer.step()`` apply each group's ``lr_mult``; idempotent. Returns ``optimizer``.
+
+    Needed when the param groups of :meth:`mup2.Parametrization.param_groups` go to a plain torch
+    optimizer; :class:`mup2.SAM` attaches to its base optimizer itself. Works through
+    ``GradScaler.step`` too, since it calls ``optimizer.step``. If the closure raises, the base
+    LRs are restored before the exception propagates (the LR a checkpoint saves is the base).
+    """
+    if getattr(optimizer, _ATTACHED, None) is not None:
+        return optimizer
+    active: list[Any] = []
+
+    def restore() -> None:
+        while active:
+            active.pop().__exit__(None, None, None)
+
+    def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+        restore()  # a step that raised after the multipliers were applied: undo them first
+        ctx = multiplied_lrs(opt)
+        ctx.__enter__()
+        active.append(ctx)
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0]: opt
+        if closure is None:
+            return None
+
+        def guarded() -> Any:  # torch runs no post hook when step() raises: restore here
+            try:
+                return closure()
+            except BaseException:
+                restore()
+                raise
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": guarded}
+        return (args[0], guarded, *args[2:]), kwargs
+
+    def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        restore()
+
+    handles = (optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post))
+    setattr(optimizer, _ATTACHED, handles)
+    return optimizer

@@ -1,0 +1,197 @@
+"""SAM rules as data: one :class:`Rule` per rule, in one table every caller asks.
+
+Every rule is an instance of the one perturbation formula (``docs/math.md`` §3-4)::
+
+    eps_W = rho_W**2 * c_W * A_W**2 * g_W / sqrt(sum_V rho_V**2 * s_V * ||A_V * g_V||**2)
+
+A rule fixes the factor ``A`` (:class:`Factor`), which tensors it perturbs and, per perturbation
+scaling (``naive``, ``global``, ``mup2``, ``mup2-coupled``), the width factors ``c`` and ``s``
+as :class:`mup2.roles.Power` per role. LightSAM's rules replace ``A`` by an adaptive ascent
+(:mod:`mup2.optim.lightsam`) and use only ``c``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from mup2.roles import Power, Role
+
+__all__ = [
+    "LIGHTSAM_RULES",
+    "RULES",
+    "SCALINGS",
+    "Factor",
+    "PerturbScaling",
+    "Rule",
+    "get_rule",
+]
+
+SCALINGS = ("naive", "global", "mup2", "mup2-coupled")
+
+
+class Factor(StrEnum):
+    """The factor ``A`` of the formula."""
+
+    ONE = "one"  # SAM, SAM-ON: A = 1
+    ELEMENTWISE = "elementwise"  # ASAM: A = |W| + eta, elementwise
+    LAYERWISE = "layerwise"  # layerwise ASAM: A = ||W||_F + eta, one number per tensor
+    ADAPTIVE = "adaptive"  # LightSAM: the ascent's own adaptive step size
+
+
+@dataclass(frozen=True)
+class PerturbScaling:
+    """Width factors of the formula: ``c`` (numerator) and ``s`` (denominator) per role."""
+
+    c: Mapping[Role, Power]
+    s: Mapping[Role, Power]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One SAM rule.
+
+    ``norm_only``: only tensors of normalization layers are perturbed (SAM-ON).
+    ``offset_scales``: the scalings under which each tensor's offset ``eta`` is multiplied by
+    its group's ``weight_scale`` (how its entries scale with width), so that ``|W| + eta`` keeps
+    its meaning at every width. ``bucketed``: the scale ``k_W`` of ``eps_W = k_W d_W`` is
+    proportional to ``rho_W**2 c_W`` (one multi-tensor call per bucket of equal ``(rho, c)``).
+    ``lightsam``: the :class:`mup2.LightSAM` variant of a LightSAM rule (``None``: a
+    :class:`mup2.SAM` rule); its optimizer family (:mod:`mup2.optim.families`) says whether
+    it is SGD-like or Adam-like.
+    """
+
+    name: str
+    label: str
+    factor: Factor
+    scalings: Mapping[str, PerturbScaling]
+    norm_only: bool = False
+    offset_scales: frozenset[str] = frozenset()
+    lightsam: str | None = None
+
+    @property
+    def bucketed(self) -> bool:
+        return self.factor is not Factor.LAYERWISE
+
+    def perturbs(self, norm: bool) -> bool:
+        """Whether a tensor (``norm``: of a normalization layer) is perturbed."""
+        return norm or not self.norm_only
+
+    def scaling(self, name: str) -> PerturbScaling:
+        """The width factors under perturbation scaling ``name``."""
+        if name not in SCALINGS:
+            raise ValueError(
+                f"unknown perturbation scaling {name!r}; choose one of {list(SCALINGS)}"
+            )
+        if name not in self.scalings:
+            raise ValueError(
+                f"scaling {name!r} is defined only for rules {_defined(name)}, not {self.name!r}"
+            )
+        return self.scalings[name]
+
+
+def _same(p: Power) -> dict[Role, Power]:
+    return dict.fromkeys(Role, p)
+
+
+_ONE = Power()
+_R = Power(out=1.0, in_=-1.0)  # r = m_out / m_in
+_NAIVE = PerturbScaling(_same(_ONE), _same(_ONE))
+_GLOBAL = PerturbScaling(_same(Power(width=-0.5)), _same(_ONE))
+_LAYERWISE_R = PerturbScaling(_same(_R), _same(_R))
+_COUPLED = PerturbScaling(_same(_R), _same(Power(out=2.0, in_=-2.0, width=-1.0)))
+# The mup2 rows are the layerwise fixes; the coordinate check (mup2.coordcheck, docs/table1.md)
+# is the arbiter of whether each row perturbs every layer effectively. With c = s = k the
+# effective perturbation of W is ~ k_W T_W / sqrt(sum k_V T_V), T_W = ||A_W g_W||^2, so each k_W
+# must cancel the width dependence of its T_W:
+# - asam: T ~ 1/M for every width-scaled tensor but Θ(1) for scalar-like ones (the readout bias),
+#   hence k = M except on scalars. The note's global x M^1/2 (= k = M everywhere) let the readout
+#   bias take over the norm: output slope +0.32 vs -0.06 now (eta=0, widths 64..4096). A fixed
+#   eta still breaks it once eta > |W| (output for n > ~400 at base 64): eta must scale like W.
+# - asam-layerwise: T ~ M for hidden tensors, Θ(1) for the rest, hence k = 1/M on hidden ones.
+#   The note's x M on input/output tensors is this times M, so every layer grew: slopes
+#   +0.47..+0.51 before, -0.03..+0.01 now (widths 64..4096, eta=0.01).
+# - LightSAM: AdaGrad-Norm divides by one accumulator, sqrt(eps0^2 + sum_t sum_V s_V ||g_V||^2):
+#   SGD-like, so SAM's row applies. The elementwise variants (AdaGrad, Adam) normalize each
+#   coordinate, so their ascent scales like an Adam update: c = 1/m_in, as μP's Adam LR.
+_ASAM_MUP2 = PerturbScaling(
+    {**_same(Power(width=1.0)), Role.SCALAR: _ONE}, {**_same(Power(width=1.0)), Role.SCALAR: _ONE}
+)
+_ASAM_LAYERWISE_MUP2 = PerturbScaling(
+    {**_same(_ONE), Role.HIDDEN: Power(width=-1.0)}, {**_same(_ONE), Role.HIDDEN: Power(width=-1.0)}
+)
+_ADAM_LIKE = PerturbScaling(_same(Power(in_=-1.0)), _same(_ONE))
+_BASIC = {"naive": _NAIVE, "global": _GLOBAL}
+
+_TABLE: dict[str, Rule] = {
+    r.name: r
+    for r in (
+        Rule(
+            "sam",
+            "SAM",
+            Factor.ONE,
+            {**_BASIC, "mup2": _LAYERWISE_R, "mup2-coupled": _COUPLED},
+        ),
+        Rule(
+            "asam",
+            "elementwise ASAM",
+            Factor.ELEMENTWISE,
+            {**_BASIC, "mup2": _ASAM_MUP2},
+            offset_scales=frozenset({"mup2"}),
+        ),
+        Rule(
+            "asam-layerwise",
+            "layerwise ASAM",
+            Factor.LAYERWISE,
+            {**_BASIC, "mup2": _ASAM_LAYERWISE_MUP2},
+        ),
+        # Norm parameters all have r = M, so mup2 is the note's global x M^1/2 for SAM-ON.
+        Rule(
+            "sam-on",
+            "SAM-ON",
+            Factor.ONE,
+            {**_BASIC, "mup2": _LAYERWISE_R, "mup2-coupled": _COUPLED},
+            norm_only=True,
+        ),
+        Rule(
+            "lightsam-adagrad-norm",
+            "LightSAM AdaGrad-Norm",
+            Factor.ADAPTIVE,
+            {**_BASIC, "mup2": _LAYERWISE_R},
+            lightsam="adagrad-norm",
+        ),
+        Rule(
+            "lightsam-adagrad",
+            "LightSAM AdaGrad",
+            Factor.ADAPTIVE,
+            {**_BASIC, "mup2": _ADAM_LIKE},
+            lightsam="adagrad",
+        ),
+        Rule(
+            "lightsam-adam",
+            "LightSAM Adam",
+            Factor.ADAPTIVE,
+            {**_BASIC, "mup2": _ADAM_LIKE},
+            lightsam="adam",
+        ),
+    )
+}
+
+#: The rules of :class:`mup2.SAM` and of :class:`mup2.LightSAM`, by name.
+RULES = tuple(name for name, r in _TABLE.items() if r.lightsam is None)
+LIGHTSAM_RULES = tuple(name for name, r in _TABLE.items() if r.lightsam is not None)
+
+
+def _defined(scaling: str) -> str:
+    names = [repr(name) for name, r in _TABLE.items() if scaling in r.scalings]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+
+
+def get_rule(rule: str | Rule) -> Rule:
+    """Look a rule up by name (see :data:`RULES` and :data:`LIGHTSAM_RULES`)."""
+    if isinstance(rule, Rule):
+        return rule
+    if rule not in _TABLE:
+        raise ValueError(f"unknown SAM rule {rule!r}; choose one of {list(_TABLE)}")
+    return _TABLE[rule]

@@ -1,0 +1,495 @@
+"""SAM, ASAM and SAM-ON with naive, global and μP² perturbation scaling, wrapping any optimizer.
+
+One step: ``g = ∇L(w)``, ``eps = perturbation(g, w)`` (:mod:`mup2.optim.perturb`), ``w + eps``,
+``g' = ∇L(w + eps)``, restore ``w``, then the base optimizer steps with ``g'``. Weight decay,
+momentum and gradient clipping act only in the base step; the ascent uses the loss gradient alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.optim.optimizer import ParamsT
+
+from mup2.errors import check_finite
+from mup2.optim.contexts import frozen_bn_stats, gradient_sync, no_sync
+from mup2.optim.lr_multipliers import attach_lr_multipliers
+from mup2.optim.perturb import perturbation_direction
+from mup2.optim.rules import RULES, Factor, Rule, get_rule
+from mup2.optim.shards import Reduce, locals_, shard_reducer
+from mup2.roles import Role
+
+__all__ = ["SAM", "Plan", "Restore"]
+
+Restore = Literal["copy", "subtract"]
+
+#: Group keys SAM reads besides its hyperparameters, with their values for plain params (base
+#: width, where μP² is plain SAM); :meth:`mup2.Parametrization.param_groups` sets them.
+_GROUP_DEFAULTS: dict[str, Any] = {
+    "rho_mult": 1.0,
+    "role": Role.SCALAR.value,
+    "m_in": 1.0,
+    "m_out": 1.0,
+    "width_mult": 1.0,
+    "norm": False,
+    "lr_mult": 1.0,
+    "weight_scale": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The perturbed tensors of one step with their buffers and factors, aligned by index.
+
+    ``rho``, ``c``, ``s``, ``rho2c`` (``rho**2 c``) and ``rho2s`` are 1-D tensors with one entry
+    per tensor; ``eta`` is each tensor's ASAM offset and ``factors`` the factor ``A`` of its
+    rule. ``buckets`` groups the indices of tensors with equal ``(rho, c)`` so that a scale
+    proportional to ``rho**2 c`` is applied with one multi-tensor call per bucket. Under FSDP
+    ``params``/``bufs`` are the local shards in :meth:`SAM.first_step`, ``owners`` the
+    parameters (state keys) and ``reduce`` sums squared norms across the shards."""
+
+    params: list[Tensor]
+    bufs: list[Tensor]
+    rho: Tensor
+    c: Tensor
+    s: Tensor
+    rho2c: Tensor
+    rho2s: Tensor
+    eta: list[float]
+    factors: list[Factor]
+    keys: list[tuple[float, float]]
+    buckets: list[list[int]]
+    owners: list[Tensor]
+    reduce: Reduce | None
+
+    @property
+    def bucketed(self) -> bool:
+        """Whether SAM's closed-form scale ``k`` is constant within each bucket."""
+        return Factor.LAYERWISE not in self.factors
+
+    def subset(self, keep: Sequence[int]) -> Plan:
+        keys = [self.keys[i] for i in keep]
+        idx = torch.tensor(keep, device=self.rho.device)
+        return Plan(
+            [self.params[i] for i in keep],
+            [self.bufs[i] for i in keep],
+            self.rho[idx],
+            self.c[idx],
+            self.s[idx],
+            self.rho2c[idx],
+            self.rho2s[idx],
+            [self.eta[i] for i in keep],
+            [self.factors[i] for i in keep],
+            keys,
+            _buckets(keys),
+            [self.owners[i] for i in keep],
+            shard_reducer([self.owners[i] for i in keep]),
+        )
+
+    def local(self) -> Plan:
+        """The plan over the local shards of sharded (FSDP) tensors; itself when none is."""
+        if self.reduce is None:
+            return self
+        return replace(self, params=locals_(self.params), bufs=locals_(self.bufs))
+
+
+def _buckets(keys: Sequence[tuple[float, float]]) -> list[list[int]]:
+    out: dict[tuple[float, float], list[int]] = {}
+    for i, key in enumerate(keys):
+        out.setdefault(key, []).append(i)
+    return list(out.values())
+
+
+class SAM(torch.optim.Optimizer):
+    """Sharpness-aware minimization around any torch optimizer.
+
+    Args:
+        params: tensors or param groups; groups from :meth:`mup2.Parametrization.param_groups`
+            carry the width metadata that ``global``/``mup2`` scaling need (plain params count
+            as base width, where μP² is plain SAM). ``rho``, ``rule``, ``scaling`` and ``eta``
+            are group hyperparameters: each group may set its own (they share one norm).
+        base_optimizer: the optimizer class for the descent (``torch.optim.SGD``, ``AdamW``, ...);
+            it shares ``param_groups`` with SAM, so LR schedulers may wrap either.
+        rho: perturbation radius. ``rho = 0`` is exactly the base optimizer.
+        rule: ``"sam"``, ``"asam"`` (elementwise, ``|W| + eta``), ``"asam-layerwise"``
+            (``||W||_F + eta``) or ``"sam-on"`` (only groups with ``norm=True`` are perturbed);
+            see :mod:`mup2.optim.rules`.
+        scaling: ``"naive"``, ``"global"``, ``"mup2"`` (layerwise, balanced) or ``"mup2-coupled"``.
+        eta: the ASAM offset ``η_A``. For elementwise ASAM under ``mup2`` scaling each tensor's
+            offset is multiplied by its group's ``weight_scale`` (how its entries scale with
+            width), so that ``|W| + eta`` keeps its meaning at every width.
+        restore: how ``w`` is restored after the perturbed pass: ``"copy"`` (default) saves
+            ``w`` in the buffer and copies it back, exactly; ``"subtract"`` keeps ``eps`` in the
+            buffer and subtracts it (``w + eps - eps`` may differ from ``w`` by a rounding).
+            Either way one parameter-sized buffer persists.
+        model: optional; :meth:`step` then runs the first pass under DDP ``no_sync`` (unless
+            ``sync_perturbation``) and the second with frozen BatchNorm statistics.
+        sync_perturbation: under DDP, all-reduce the first-pass gradients (one shared
+            perturbation) instead of perturbing each replica with its own gradient.
+        **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ...).
+
+    Use :meth:`step` with a closure, or :meth:`first_step`, a second backward, then
+    :meth:`second_step`. Subclasses change the ascent through :meth:`_perturbation` over a
+    :class:`Plan` (as :class:`mup2.LightSAM` does) and list the rules they take in ``RULES``.
+    """
+
+    #: The rule names this class accepts (:mod:`mup2.optim.rules`).
+    RULES: ClassVar[tuple[str, ...]] = RULES
+
+    def __init__(
+        self,
+        params: ParamsT,
+        base_optimizer: type[torch.optim.Optimizer] = torch.optim.SGD,
+        *,
+        rho: float = 0.05,
+        rule: str = "sam",
+        scaling: str = "mup2",
+        eta: float = 0.01,
+        restore: Restore = "copy",
+        model: nn.Module | None = None,
+        sync_perturbation: bool = False,
+        **base_kwargs: Any,
+    ) -> None:
+        for name, value in base_kwargs.items():
+            check_finite(name, value)  # torch's optimizers take lr=nan and weight_decay=inf
+        if restore not in ("copy", "subtract"):
+            raise ValueError(f"restore must be 'copy' or 'subtract', not {restore!r}")
+        self.model, self.sync_perturbation = model, sync_perturbation
+        self._base: torch.optim.Optimizer | None = None
+        defaults = {"rho": rho, "rule": rule, "scaling": scaling, "eta": eta, **_GROUP_DEFAULTS}
+        super().__init__(params, defaults)
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self._base = self.base_optimizer
+        self.param_groups = self.base_optimizer.param_groups
+        for i, group in enumerate(self.param_groups):
+            self._check_group(i, group)
+        self.defaults.update(self.base_optimizer.defaults)
+        attach_lr_multipliers(self.base_optimizer)
+        self._check_norm_only()
+        self.restore: Restore = restore
+        self._buffers: dict[Tensor, Tensor] = {}
+        self._perturbed: tuple[list[Tensor], list[Tensor]] | None = None  # (params, buffers)
+        self._ascended = False  # first_step() ran since the last base step
+        self._plan_key: tuple[Any, ...] | None = None
+        self._plan: Plan | None = None
+
+    @property
+    def rule(self) -> str:
+        """The default rule (``defaults["rule"]``); each param group holds its own."""
+        return str(self.defaults["rule"])
+
+    @property
+    def scaling(self) -> str:
+        """The default perturbation scaling (``defaults["scaling"]``); groups hold their own."""
+        return str(self.defaults["scaling"])
+
+    def _check_group(self, i: int, group: dict[str, Any]) -> Rule:
+        """Refuse a group whose hyperparameters this optimizer cannot run; its rule."""
+        for name, value in group.items():
+            if name != "params":
+                check_finite(f"param group {i}: {name}", value)
+        if not (group["rho"] >= 0.0):
+            raise ValueError(f"rho must be >= 0, got {group['rho']}")
+        if not (group["eta"] >= 0.0):
+            raise ValueError(f"eta must be >= 0, got {group['eta']}")
+        rule = get_rule(group["rule"])
+        if rule.name not in self.RULES:
+            raise ValueError(f"param group {i}: {self._wrong_rule(rule)}")
+        rule.scaling(group["scaling"])  # a clear error for an unknown or undefined scaling
+        return rule
+
+    def _wrong_rule(self, rule: Rule) -> str:
+        if rule.lightsam is not None:
+            return (
+                f"rule {rule.name!r} is LightSAM's: use mup2.LightSAM(params, "
+                f"variant={rule.lightsam!r}) (mup2.SAM takes {list(RULES)})"
+            )
+        return f"{type(self).__name__} takes the rules {list(self.RULES)}, not {rule.name!r}"
+
+    def _check_norm_only(self) -> None:
+        norm_only = [g for g in self.param_groups if get_rule(g["rule"]).norm_only]
+        if norm_only and not any(g["norm"] for g in norm_only):
+            raise ValueError(
+                f"rule {norm_only[0]['rule']!r} perturbs normalization parameters only, and no "
+                "param group has norm=True: the model has no normalization layers (give it "
+                "some, e.g. MLP(width, norm='layer')), or its groups lack the metadata (build "
+                "them with mup2.Parametrization.infer(...).param_groups(model))"
+            )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if self._base is not None:  # after construction: keep the base optimizer in step
+            group = self.param_groups.pop()
+            self._check_group(len(self.param_groups), group)
+            self._base.add_param_group(group)
+            self.param_groups = self._base.param_groups
+            self._check_norm_only()
+
+    # -- the perturbation -----------------------------------------------------------------
+
+    def perturbation_plan(self) -> Plan:
+        """The perturbed tensors, their buffers and factors; cached until a group's ``rho``,
+        ``rule``, ``scaling`` or ``eta`` changes."""
+        key = tuple(
+            (g["rho"], g["rho_mult"], g["rule"], g["scaling"], g["eta"], len(g["params"]))
+            for g in self.param_groups
+        )
+        if key != self._plan_key or self._plan is None:
+            params: list[Tensor] = []
+            rows: list[tuple[float, float, float]] = []
+            eta: list[float] = []
+            factors: list[Factor] = []
+            for g in self.param_groups:
+                rule = get_rule(g["rule"])
+                rho = g["rho"] * g["rho_mult"]
+                if rho == 0.0 or not rule.perturbs(g["norm"]):
+                    continue
+                role, n = Role(g["role"]), len(g["params"])
+                table = rule.scaling(g["scaling"])
+                args = (g["m_in"], g["m_out"], g["width_mult"])
+                c, s = table.c[role](*args), table.s[role](*args)
+                scale = g["weight_scale"] if g["scaling"] in rule.offset_scales else 1.0
+                params += g["params"]
+                rows += [(rho, c, s)] * n
+                eta += [g["eta"] * scale] * n
+                factors += [rule.factor] * n
+            dev = params[0].device if params else torch.device("cpu")
+            dt = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+            table_ = torch.tensor(rows, device=dev, dtype=dt).reshape(-1, 3)
+            rho_, c_, s_ = table_.unbind(1)
+            keys = [(r, c) for r, c, _ in rows]
+            self._plan = Plan(
+                params,
+                [self._buffer(p) for p in params],
+                rho_,
+                c_,
+                s_,
+                rho_ * rho_ * c_,
+                rho_ * rho_ * s_,
+                eta,
+                factors,
+                keys,
+                _buckets(keys),
+                params,
+                shard_reducer(params),
+            )
+            self._plan_key = key
+        return self._plan
+
+    def _perturbation(self, plan: Plan, grads: list[Tensor]) -> tuple[list[Tensor], Tensor, bool]:
+        """The ascent, the extension point of subclasses: ``(d, k, bucketed)`` with
+        ``eps_W = k_W d_W`` for the tensors of ``plan`` and their ``grads`` (local shards under
+        FSDP); ``bucketed``: ``k`` is constant within each of ``plan.buckets``. This one is the
+        closed-form formula (:func:`mup2.optim.perturb.perturbation_direction`)."""
+        d, k = perturbation_direction(
+            plan.factors,
+            plan.params,
+            grads,
+            plan.rho2c,
+            plan.rho2s,
+            plan.eta,
+            scratch=plan.bufs,
+            reduce=plan.reduce,
+        )
+        return d, k, plan.bucketed
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Move to ``w + eps`` using the current gradients (tensors without one stay put)."""
+        if self._perturbed is not None:
+            raise RuntimeError("first_step() called twice without second_step() in between")
+        plan = self.perturbation_plan()
+        grads = [p.grad for p in plan.params]
+        if any(g is None for g in grads):
+            plan = plan.subset([i for i, g in enumerate(grads) if g is not None])
+            grads = [p.grad for p in plan.params]
+        if plan.params:
+            if plan.reduce is not None:  # FSDP: compute on the local shards
+                plan, grads = plan.local(), locals_(grads)  # type: ignore[assignment, arg-type]
+            d, k, bucketed = self._perturbation(plan, grads)  # type: ignore[arg-type]
+            groups = (
+                [(idx, k[idx[0]]) for idx in plan.buckets]
+                if bucketed
+                else [(list(range(len(d))), list(k.unbind()))]
+            )
+            if self.restore == "copy":
+                torch._foreach_copy_(plan.bufs, plan.params)
+                for idx, scale in groups:
+                    scales = scale if isinstance(scale, list) else [scale] * len(idx)
+                    torch._foreach_addcmul_(
+                        [plan.params[i] for i in idx], [d[i] for i in idx], scales
+                    )
+            else:
+                torch._foreach_copy_(plan.bufs, d)
+                for idx, scale in groups:
+                    torch._foreach_mul_([plan.bufs[i] for i in idx], scale)
+                torch._foreach_add_(plan.params, plan.bufs)
+            self._perturbed = (plan.params, plan.bufs)
+        self._ascended = True
+        if zero_grad:
+            self.zero_grad()
+
+    def _buffer(self, p: Tensor) -> Tensor:
+        buf = self._buffers.get(p)
+        if buf is None:
+            buf = self._buffers[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+        return buf
+
+    @torch.no_grad()
+    def unperturb(self) -> None:
+        """Restore exactly the tensors that :meth:`first_step` perturbed."""
+        if self._perturbed is not None:
+            params, bufs = self._perturbed
+            if self.restore == "subtract":
+                torch._foreach_sub_(params, bufs)
+            else:
+                torch._foreach_copy_(params, bufs)
+            self._perturbed = None
+
+    @torch.no_grad()
+    def second_step(
+        self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None
+    ) -> None:
+        """Restore ``w`` and take the base optimizer's step with the current (perturbed) gradients.
+
+        With an AMP ``scaler``, the step goes through ``scaler.step`` (which unscales once and
+        skips non-finite steps); call ``scaler.update()`` afterwards as usual.
+        """
+        self.unperturb()
+        if scaler is not None:
+            scaler.step(self.base_optimizer)
+        else:
+            self.base_optimizer.step()
+        self._ascended = False
+        self._opt_called = True  # tells LR schedulers that the optimizer stepped
+        if zero_grad:
+            self.zero_grad()
+
+    def needs_second_pass(self) -> bool:
+        """Whether a step perturbs anything (some group has ``rho > 0`` and tensors its rule
+        perturbs); if not, a step is exactly the base optimizer's on the first gradients."""
+        return any(
+            g["rho"] * g["rho_mult"] > 0 and get_rule(g["rule"]).perturbs(g["norm"])
+            for g in self.param_groups
+        )
+
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], Tensor] | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> Tensor | None:
+        """A whole SAM step; returns the loss at the unperturbed point (detached).
+
+        ``closure`` zeroes the gradients, computes the loss, calls ``backward`` and returns the
+        loss; it runs twice (once when nothing is perturbed). Without a closure, ``step()`` is
+        :meth:`second_step` and only valid after :meth:`first_step` and the second backward
+        (for frameworks that call ``optimizer.step()`` themselves, as the Trainer does).
+
+        ``scaler``: an fp16 :class:`torch.amp.GradScaler` whose scaled loss the closure
+        backpropagates. The first pass's gradients are unscaled before the ascent (LightSAM's
+        accumulators need true gradients); if they overflowed, the ascent and the second pass
+        are skipped and ``scaler.step`` skips the step. Call ``scaler.update()`` afterwards."""
+        if closure is None:
+            if not self._ascended:
+                raise RuntimeError(
+                    f"{type(self).__name__}.step() needs a closure that computes the loss and "
+                    "calls backward (SAM evaluates the gradient twice), or call first_step() "
+                    "and a second backward before step()"
+                )
+            self.second_step(scaler=scaler)
+            return None
+        needs_second = self.needs_second_pass()
+        first: AbstractContextManager[Any] = nullcontext()
+        second: AbstractContextManager[Any] = nullcontext()
+        if self.model is not None:
+            if needs_second and not self.sync_perturbation:  # ρ = 0: the step needs reduced grads
+                first = no_sync(self.model)
+            second = frozen_bn_stats(self.model)
+        with torch.enable_grad(), first:
+            loss = closure()
+        if needs_second and (scaler is None or self._unscale_finite(scaler)):
+            self.first_step()
+            with torch.enable_grad(), second:
+                closure()
+        self.second_step(scaler=scaler)
+        return loss.detach()
+
+    def step_accumulate(
+        self,
+        loss_fn: Callable[[Any], Tensor],
+        micro_batches: Sequence[Any],
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> Tensor:
+        """One SAM step with gradient accumulation; returns the mean loss at ``w`` (detached).
+
+        ``loss_fn(batch)`` runs the forward pass and returns the mean loss of one micro-batch
+        (no ``backward``, no ``zero_grad``). The first pass accumulates ``∇L/n`` over the ``n``
+        micro-batches, the perturbation is taken once, the second pass accumulates likewise,
+        then the base optimizer steps once: with equal-sized micro-batches this is the step on
+        their union. With ``model=``, gradients are reduced only in the last micro-batch's
+        backward of each pass (DDP ``no_sync``, FSDP2 ``set_requires_gradient_sync``); under DDP
+        without ``sync_perturbation`` the first pass is not reduced at all (per-replica ascent).
+        The second pass runs with frozen BatchNorm statistics; the first updates them once per
+        micro-batch. ``scaler``: as in :meth:`step`."""
+        n = len(micro_batches)
+        if n == 0:
+            raise ValueError("step_accumulate needs at least one micro-batch")
+        second = self.needs_second_pass()
+        ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
+        per_replica = ddp and second and not self.sync_perturbation
+
+        def accumulate(sync_last: bool) -> Tensor:
+            total = torch.zeros(())
+            for i, batch in enumerate(micro_batches):
+                with torch.enable_grad(), gradient_sync(self.model, sync_last and i == n - 1):
+                    loss = loss_fn(batch)
+                    scaled = loss / n
+                    torch.autograd.backward(scaled if scaler is None else scaler.scale(scaled))
+                total = total.to(loss.device) + loss.detach()
+            return total / n
+
+        self.zero_grad()
+        loss = accumulate(sync_last=not per_replica)
+        if second and (scaler is None or self._unscale_finite(scaler)):
+            self.first_step(zero_grad=True)
+            frozen = nullcontext() if self.model is None else frozen_bn_stats(self.model)
+            with frozen:
+                accumulate(sync_last=True)
+        self.second_step(scaler=scaler)
+        return loss
+
+    @torch.no_grad()
+    def _unscale_finite(self, scaler: torch.amp.GradScaler) -> bool:
+        """Divide the current gradients by the scale; whether they are all finite."""
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return True
+        torch._foreach_mul_(grads, 1.0 / scaler.get_scale())
+        return bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """SAM's state and param groups plus the base optimizer's state (momenta, Adam moments)."""
+        sd = super().state_dict()
+        sd["base_optimizer"] = self.base_optimizer.state_dict()
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        if "base_optimizer" not in state_dict:
+            raise ValueError("not a mup2.SAM state dict: it lacks 'base_optimizer'")
+        base = state_dict.pop("base_optimizer")
+        super().load_state_dict(state_dict)
+        self.base_optimizer.load_state_dict(base)
+        self.param_groups = self.base_optimizer.param_groups
+        for i, group in enumerate(self.param_groups):
+            for key in ("rule", "scaling", "eta"):  # state dicts from before they were saved
+                group.setdefault(key, self.defaults[key])
+            self._check_group(i, group)
+        self._plan_key = None
