@@ -275,3 +275,26 @@ def test_difference_is_welch() -> None:
     assert diff == pytest.approx(0.82 - 0.725) and math.floor(df) == 1
     assert half == pytest.approx(12.706 * math.sqrt(va + vb))
     assert math.isnan(difference(a, Cell(64, 0.1, 0.0, (0.7,), 0, 1, False))[1])
+
+
+def test_shared_base_runs_only_at_the_widths_a_parametrization_ran(tmp_path: Path) -> None:
+    """A parametrization run on one width (as sp-lp on the ρ slice) shares the base runs of that
+    width only: no optima, and no transfer verdict, at widths where it never ran."""
+    url = f"sqlite:///{tmp_path}/slice.db"
+    study = optuna.create_study(study_name="slice", storage=url, direction="maximize")
+    schemes = {"mup-naive": "mup-sgd", "mup2": "mup-sgd"}
+    study.set_user_attr("parametrizations", {p: {"scheme": s} for p, s in schemes.items()})
+    runs = [
+        trial("mup-naive", w, lr, rho, 0, 0.5 + 0.01 * i + 0.001 * j)
+        for w in (64, 256)
+        for i, lr in enumerate(LRS[:2])
+        for j, rho in enumerate(RHOS[:3])
+    ]
+    runs += [trial("mup2", 256, LRS[1], rho, 0, 0.6) for rho in RHOS[1:3]]
+    study.add_trials(runs)
+    a = make_report(url, "slice", tmp_path / "out").analysis
+    assert a.grids["mup2"].widths == (256,) and a.grids["mup2"].base_from == ("mup-naive",)
+    assert a.optimum("mup2", 64) is None
+    o = a.optimum("mup2", 256)
+    assert o is not None and o.rho == RHOS[1] and o.base is not None
+    assert a.transfers["mup2"].verdict == "n/a"

@@ -248,13 +248,20 @@ class Analysis:
 
 def _runs(sweep: Sweep, p: str) -> tuple[list[Run], tuple[str, ...]]:
     """The grid runs of ``p``; without ρ = 0 runs of its own, those of the parametrizations of
-    the same scheme (the sweep runs the base optimizer once per scheme)."""
+    the same scheme (the sweep runs the base optimizer once per scheme) at the widths where
+    ``p`` has runs (a parametrization run on one width only, e.g. on the ρ slice, is not
+    given optima at the others)."""
     own = [r for r in sweep.runs if r.grid and r.parametrization == p]
     scheme = sweep.schemes.get(p)
     if scheme is None or any(r.rho == 0 for r in own):
         return own, ()
     peers = [q for q, sch in sweep.schemes.items() if sch == scheme and q != p]
-    shared = [r for r in sweep.runs if r.grid and r.rho == 0 and r.parametrization in peers]
+    widths = {r.width for r in own}
+    shared = [
+        r
+        for r in sweep.runs
+        if r.grid and r.rho == 0 and r.parametrization in peers and r.width in widths
+    ]
     found = tuple(q for q in peers if any(r.parametrization == q for r in shared))
     return own + shared, found
 
