@@ -63,4 +63,3 @@ def set_state_dict(model: nn.Module, opt: SAM, state_dict: dict[str, Any]) -> No
         view = _Ascent(opt)
         dsd.set_optimizer_state_dict(model, view, state_dict["ascent"])
         opt.state = view.state
-    opt._plan_key = None
