@@ -434,7 +434,7 @@ def demo(
     workers: Annotated[int | None, typer.Option(min=1, help="local workers (default 2)")] = None,
 ) -> None:
     """The main job: a coordinate check, then a small Fashion-MNIST (lr, rho) sweep at three
-    widths (μP² against SP-naive and μP-global) and its report. Resumes if interrupted."""
+    widths (μP² against μP-global) and its report. Resumes if interrupted."""
     from mup2.demo import run_demo
 
     _writable(out, "--out", directory=True)
