@@ -297,9 +297,15 @@ def _slice_point(o: Optimum, g: Grid) -> list[Cell]:
     return [c for c in cells if c is not None and not c.missing]
 
 
+def _two_sd(c: Cell) -> float:
+    """Twice the standard deviation over seeds (0 with one seed)."""
+    return 2 * c.std if c.n >= 2 else 0.0
+
+
 def plot_rho_slice(a: Analysis, path: Path) -> Path:
     """Test accuracy against ρ at each parametrization's optimal η at its largest width: mean and
-    band over seeds, the base optimizer (ρ = 0, same η) dashed in the same colour."""
+    ± 2 standard deviations over seeds (the paper's band), the base optimizer (ρ = 0, same η)
+    dashed in the same colour."""
     from matplotlib.lines import Line2D
 
     with _pyplot() as plt:
@@ -311,13 +317,13 @@ def plot_rho_slice(a: Analysis, path: Path) -> Path:
             found = [o for w in g.widths if (o := a.optimum(p, w)) is not None]
             if found and (cells := _slice_point(found[-1], g)):
                 series.append((p, found[-1], cells))
-        kinds = {c.spread_kind for _, _, cs in series for c in cs if c.n >= 2}
+        kinds = {"mean ± 2 sd" for _, _, cs in series for c in cs if c.n >= 2}
         stable = [
             v
             for _, o, cs in series
             for c in cs
             if c.mean >= a.unstable_below
-            for v in (c.mean - c.spread, c.mean + c.spread)
+            for v in (c.mean - _two_sd(c), c.mean + _two_sd(c))
         ] + [o.base.mean for _, o, _ in series if o.base is not None]
         lo, hi = (min(stable), max(stable)) if stable else (0.0, 1.0)
         pad = 0.08 * (hi - lo) + 0.004 + max(0.0, 0.02 - (hi - lo)) / 2
@@ -327,7 +333,7 @@ def plot_rho_slice(a: Analysis, path: Path) -> Path:
             col = _color(a, p)
             x = [c.rho for c in cs]
             y = [c.mean for c in cs]
-            s = [c.spread for c in cs]
+            s = [_two_sd(c) for c in cs]
             where = f", width {o.width}" if len(widths) > 1 else ""
             label = f"{p} (η* = {_pow2(o.lr)}{where})"
             ax.plot(x, y, marker="o", ms=3.5, lw=1.5, color=col, label=label)

@@ -300,7 +300,7 @@ def _describe(name: str, a: Analysis) -> str:
         return f"Figure 1 for {name.removeprefix('figure1-').removesuffix('.png')} alone"
     return {
         "rho-slice.png": "accuracy against ρ at each parametrization's optimal η, largest "
-        "width; dashed: the base optimizer at the same η",
+        "width, mean ± 2 sd over seeds; dashed: the base optimizer at the same η",
         "transfer.png": "η*, ρ* and the accuracy at the optimum against width",
         "trials.csv": "every trial of the study, whatever its state",
         "optima.csv": "the optimum of every parametrization and width",
