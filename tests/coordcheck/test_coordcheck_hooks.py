@@ -92,8 +92,9 @@ def _attn_net(width: int) -> nn.Sequential:
 
 
 def test_attention_logits_are_measured() -> None:
-    x = torch.randn(8, 5, 6, generator=torch.Generator().manual_seed(1))
-    y = torch.randint(0, 3, (8, 5))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 5, 6, generator=gen)
+    y = torch.randint(0, 3, (8, 5), generator=gen)  # seeded: the global RNG depends on test order
 
     def loss(out: Tensor, t: Tensor) -> Tensor:
         return nn.functional.cross_entropy(out.flatten(0, 1), t.flatten())
