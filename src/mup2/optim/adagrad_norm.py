@@ -9,7 +9,7 @@ import torch
 from torch.optim.optimizer import ParamsT
 
 from mup2.errors import check_finite
-from mup2.optim.shards import Reduce, locals_, shard_reducer
+from mup2.optim.shards import locals_, shard_reducer
 
 __all__ = ["AdaGradNorm"]
 
@@ -42,7 +42,6 @@ class AdaGradNorm(torch.optim.Optimizer):
             raise ValueError(f"eps0 must be > 0, got {eps0}")
         super().__init__(params, {"lr": lr, "eps0": eps0, "weight_decay": weight_decay})
         self.width_aware = width_aware
-        self._reducer: tuple[tuple[int, ...], Reduce | None] | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -70,10 +69,7 @@ class AdaGradNorm(torch.optim.Optimizer):
         if not entries:
             return loss
         owners = [p for _, p in entries]
-        key = tuple(id(p) for p in owners)
-        if self._reducer is None or self._reducer[0] != key:  # FSDP2: shards' norms, summed
-            self._reducer = (key, shard_reducer(owners))
-        reduce = self._reducer[1]
+        reduce = shard_reducer(owners)  # FSDP2: per-tensor norms of the shards, summed
         params = locals_(owners)
         grads = locals_([p.grad for p in owners])
         for i, ((group, _), p) in enumerate(zip(entries, params, strict=True)):

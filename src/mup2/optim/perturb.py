@@ -74,8 +74,9 @@ def _ascent(
     scratch: list[Tensor] | None,
     reduce: Callable[[Tensor], Tensor] | None,
 ) -> tuple[list[Tensor], Tensor, Tensor]:
-    """``(d, ||A g||**2, rho**2 c A**2 / A_elementwise**2)`` for tensors of one factor: the
-    direction, the terms of the norm, and the numerator of ``k``."""
+    """``(d, ||A g||**2, num)`` for tensors of one factor: the direction ``d``, the terms of the
+    joint norm, and the numerator of ``k = num / norm`` (``rho**2 c``, times ``A**2`` when ``A``
+    is one number per tensor)."""
     if factor is Factor.ONE:
         return grads, norms(grads, rho2c, reduce) ** 2, rho2c
     if factor is Factor.ELEMENTWISE:
