@@ -195,7 +195,10 @@ def test_a_diverging_run_is_stored_as_unstable_and_the_sweep_goes_on(tmp_path: P
     assert all(t.user_attrs["status"] == "ok" for t in stable)
 
 
-SLOW = {**TRAIN, "epochs": 3, "data": {"name": "synthetic", "train_size": 2048, "test_size": 64}}
+#: 4 points of 1-3 s each: a trial seen starting is still running when the test reacts (within
+#: milliseconds, even on a loaded 2-core machine); at 3 epochs (0.16 s) the sweep could finish
+#: first, and the Ctrl-C test then found nothing to interrupt.
+SLOW = {**TRAIN, "epochs": 30, "data": {"name": "synthetic", "train_size": 2048, "test_size": 64}}
 SLOW_GRID = {**GRID, "widths": [64, 128], "parametrizations": ["mup2"], "rho": [0.05]}
 #: 8 quick points, all at rho > 0.
 TINY = {**TRAIN, "data": {"name": "synthetic", "train_size": 128, "test_size": 64}}
