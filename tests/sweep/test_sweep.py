@@ -196,8 +196,7 @@ def test_a_diverging_run_is_stored_as_unstable_and_the_sweep_goes_on(tmp_path: P
 
 
 #: 4 points of 1-3 s each: a trial seen starting is still running when the test reacts (within
-#: milliseconds, even on a loaded 2-core machine); at 3 epochs (0.16 s) the sweep could finish
-#: first, and the Ctrl-C test then found nothing to interrupt.
+#: milliseconds, even on a loaded 2-core machine); at 3 epochs a trial took 0.16 s.
 SLOW = {**TRAIN, "epochs": 30, "data": {"name": "synthetic", "train_size": 2048, "test_size": 64}}
 SLOW_GRID = {**GRID, "widths": [64, 128], "parametrizations": ["mup2"], "rho": [0.05]}
 #: 8 quick points, all at rho > 0.
@@ -205,6 +204,15 @@ TINY = {**TRAIN, "data": {"name": "synthetic", "train_size": 128, "test_size": 6
 TINY_GRID = {"widths": [16], "lr": [0.05, 0.2], "rho": [0.05, 0.1],
              "parametrizations": ["mup2", "mup-global"]}  # fmt: skip
 CLI = [sys.executable, "-m", "mup2.cli"]
+#: The CLI as a terminal's foreground process runs it: Ctrl-C raises KeyboardInterrupt. A child
+#: inherits an ignored SIGINT (a suite started in the background with `&` ignores it), and Python
+#: then leaves it ignored, as a program run with nohup should.
+FOREGROUND_CLI = [
+    sys.executable,
+    "-c",
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from mup2.cli import main; sys.argv[0] = 'mup2'; main()",
+]
 
 
 def lines_until(stream: IO[str], *patterns: str) -> Iterator[re.Match[str]]:
@@ -476,7 +484,7 @@ def test_ctrl_c_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg))
     url = f"sqlite:///{tmp_path / 'run' / 'sweep.db'}"
     proc = subprocess.Popen(
-        [*CLI, "sweep", str(path), "--run-dir", str(tmp_path / "run"), "--no-report",
+        [*FOREGROUND_CLI, "sweep", str(path), "--run-dir", str(tmp_path / "run"), "--no-report",
          "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip

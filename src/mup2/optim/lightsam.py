@@ -142,7 +142,7 @@ class LightSAM(SAM):
         params, k = plan.owners, plan.rho * plan.c
         if self.variant == "adagrad-norm":
             accs = [self._state(p, "ascent_u", 0.0, scalar=True) for p in params]
-            sq = norms(grads, accs[0], plan.reduce) ** 2
+            sq = norms(grads, accs[0], plan.reduce, plan.uniform) ** 2
             torch._foreach_add_(accs, list((plan.s.to(sq.dtype) * sq).unbind()))
             every = [st["ascent_u"] for st in self.state.values() if "ascent_u" in st]
             return list(grads), k / torch.sqrt(torch.stack(every).sum() + self.eps0**2), True

@@ -19,20 +19,34 @@ __all__ = ["attach_lr_multipliers", "multiplied_lrs"]
 _ATTACHED = "_mup2_lr_hooks"
 
 
-@contextmanager
-def multiplied_lrs(optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    """Within the block each group's ``lr`` is multiplied by its ``lr_mult``; restored exactly."""
-    saved: list[tuple[dict[str, Any], Any]] = []
+_Saved = list[tuple[dict[str, Any], Any]]
+
+
+def _multiply(optimizer: torch.optim.Optimizer) -> _Saved:
+    """Multiply each group's ``lr`` by its ``lr_mult``; the base LRs to put back."""
+    saved: _Saved = []
     for group in optimizer.param_groups:
         mult = group.get("lr_mult", 1.0)
         if mult != 1.0 and "lr" in group:
             saved.append((group, group["lr"]))
             group["lr"] = group["lr"] * mult
+    return saved
+
+
+def _put_back(saved: _Saved) -> None:
+    while saved:
+        group, lr = saved.pop()
+        group["lr"] = lr
+
+
+@contextmanager
+def multiplied_lrs(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Within the block each group's ``lr`` is multiplied by its ``lr_mult``; restored exactly."""
+    saved = _multiply(optimizer)
     try:
         yield
     finally:
-        for group, lr in saved:
-            group["lr"] = lr
+        _put_back(saved)
 
 
 def attach_lr_multipliers(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -45,17 +59,11 @@ def attach_lr_multipliers(optimizer: torch.optim.Optimizer) -> torch.optim.Optim
     """
     if getattr(optimizer, _ATTACHED, None) is not None:
         return optimizer
-    active: list[Any] = []
-
-    def restore() -> None:
-        while active:
-            active.pop().__exit__(None, None, None)
+    saved: _Saved = []  # the base LRs while a step runs (plain functions: this runs every step)
 
     def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
-        restore()  # a step that raised after the multipliers were applied: undo them first
-        ctx = multiplied_lrs(opt)
-        ctx.__enter__()
-        active.append(ctx)
+        _put_back(saved)  # a step that raised after the multipliers were applied: undo them
+        saved.extend(_multiply(opt))
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0]: opt
         if closure is None:
             return None
@@ -64,7 +72,7 @@ def attach_lr_multipliers(optimizer: torch.optim.Optimizer) -> torch.optim.Optim
             try:
                 return closure()
             except BaseException:
-                restore()
+                _put_back(saved)
                 raise
 
         if "closure" in kwargs:
@@ -72,7 +80,7 @@ def attach_lr_multipliers(optimizer: torch.optim.Optimizer) -> torch.optim.Optim
         return (args[0], guarded, *args[2:]), kwargs
 
     def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        restore()
+        _put_back(saved)
 
     handles = (optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post))
     setattr(optimizer, _ATTACHED, handles)

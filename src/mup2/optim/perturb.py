@@ -36,16 +36,21 @@ def by_device_and_dtype(tensors: Sequence[Tensor]) -> list[list[int]]:
 
 
 def norms(
-    tensors: Sequence[Tensor], like: Tensor, reduce: Callable[[Tensor], Tensor] | None = None
+    tensors: Sequence[Tensor],
+    like: Tensor,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    uniform: bool = False,
 ) -> Tensor:
     """The Frobenius norms of ``tensors`` as one 1-D tensor with ``like``'s device and dtype.
 
     ``reduce`` (FSDP, :func:`mup2.optim.shards.shard_reducer`) maps the squared norms of local
-    shards to the global ones with one collective."""
+    shards to the global ones with one collective. ``uniform``: the caller knows that all
+    tensors share one device and dtype (a plan's tensors, checked once), so they are not grouped
+    on every call."""
     tensors = list(tensors)
-    groups = by_device_and_dtype(tensors)
+    groups = [list(range(len(tensors)))] if uniform else by_device_and_dtype(tensors)
     if len(groups) == 1:
-        out = torch.stack(torch._foreach_norm(tensors)).to(device=like.device, dtype=like.dtype)
+        out = torch.stack(torch._foreach_norm(tensors)).to(like)
     else:
         out = torch.empty(len(tensors), device=like.device, dtype=like.dtype)
         for idx in groups:
@@ -57,12 +62,11 @@ def norms(
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` where a zero, non-finite or NaN denominator gives 0 (no step, no NaN): a
-    gradient whose squared norm underflows to 0 must not give a huge perturbation."""
-    ok = torch.isfinite(den) & (den > 0)
-    out = num / torch.where(ok, den, torch.ones_like(den))
-    out = torch.where(ok, out, torch.zeros_like(out))
-    return torch.nan_to_num_(out, nan=0.0, posinf=0.0, neginf=0.0)
+    """``num / den`` where a zero, non-finite or NaN denominator, or a non-finite quotient,
+    gives 0 (no step, no NaN): a gradient whose squared norm underflows to 0 must not give a
+    huge perturbation."""
+    q = num / den
+    return torch.where((den > 0) & torch.isfinite(q), q, 0.0)
 
 
 def _ascent(
@@ -73,12 +77,13 @@ def _ascent(
     eta: list[float],
     scratch: list[Tensor] | None,
     reduce: Callable[[Tensor], Tensor] | None,
+    uniform: bool,
 ) -> tuple[list[Tensor], Tensor, Tensor]:
     """``(d, ||A g||**2, num)`` for tensors of one factor: the direction ``d``, the terms of the
     joint norm, and the numerator of ``k = num / norm`` (``rho**2 c``, times ``A**2`` when ``A``
     is one number per tensor)."""
     if factor is Factor.ONE:
-        return grads, norms(grads, rho2c, reduce) ** 2, rho2c
+        return grads, norms(grads, rho2c, reduce, uniform) ** 2, rho2c
     if factor is Factor.ELEMENTWISE:
         if scratch is None:
             a = list(torch._foreach_abs(params))
@@ -88,13 +93,13 @@ def _ascent(
             torch._foreach_abs_(a)
         torch._foreach_add_(a, eta)
         d = list(torch._foreach_mul(grads, a))  # A g
-        sq = norms(d, rho2c, reduce) ** 2
+        sq = norms(d, rho2c, reduce, uniform) ** 2
         torch._foreach_mul_(d, a)  # A^2 g
         return d, sq, rho2c
     if factor is Factor.LAYERWISE:
         offset = torch.tensor(eta, dtype=rho2c.dtype, device=rho2c.device)
-        a2 = (norms(params, rho2c, reduce) + offset) ** 2
-        return grads, a2 * norms(grads, rho2c, reduce) ** 2, rho2c * a2
+        a2 = (norms(params, rho2c, reduce, uniform) + offset) ** 2
+        return grads, a2 * norms(grads, rho2c, reduce, uniform) ** 2, rho2c * a2
     raise ValueError(f"factor {factor.value!r} has no closed-form ascent (LightSAM computes it)")
 
 
@@ -107,6 +112,7 @@ def perturbation_direction(
     eta: Sequence[float],
     scratch: Sequence[Tensor] | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    uniform: bool = False,
 ) -> tuple[list[Tensor], Tensor]:
     """``(d, k)`` with ``eps_W = k_W * d_W``.
 
@@ -116,16 +122,17 @@ def perturbation_direction(
     offset of each tensor; ``scratch``: tensors like ``params`` that elementwise ASAM may
     overwrite (saves a parameter-sized temporary). ``k`` has their device and dtype; for SAM,
     SAM-ON and elementwise ASAM tensors it is proportional to ``rho2c``. ``reduce``: see
-    :func:`norms` (the tensors are then local shards).
+    :func:`norms` (the tensors are then local shards), as is ``uniform``.
     """
+    if factors and all(f is factors[0] for f in factors):  # one rule: no indexing
+        sc = None if scratch is None else list(scratch)
+        d, sq, num = _ascent(
+            factors[0], list(params), list(grads), rho2c, list(eta), sc, reduce, uniform
+        )
+        return list(d), safe_divide(num, torch.sqrt(torch.dot(rho2s, sq)))
     kinds: dict[Factor, list[int]] = {}
     for i, f in enumerate(factors):
         kinds.setdefault(f, []).append(i)
-    if len(kinds) == 1:  # one rule: no indexing
-        (factor,) = kinds
-        sc = None if scratch is None else list(scratch)
-        d, sq, num = _ascent(factor, list(params), list(grads), rho2c, list(eta), sc, reduce)
-        return list(d), safe_divide(num, torch.sqrt(torch.sum(rho2s * sq)))
     d_all: list[Tensor] = list(grads)
     sq_all, num_all = torch.empty_like(rho2c), torch.empty_like(rho2c)
     for factor, idx in kinds.items():
@@ -139,11 +146,12 @@ def perturbation_direction(
             [eta[i] for i in idx],
             None if scratch is None else [scratch[i] for i in idx],
             sub,
+            uniform,
         )
         for i, t in zip(idx, d, strict=True):
             d_all[i] = t
         sq_all[at], num_all[at] = sq, num
-    return d_all, safe_divide(num_all, torch.sqrt(torch.sum(rho2s * sq_all)))
+    return d_all, safe_divide(num_all, torch.sqrt(torch.dot(rho2s, sq_all)))
 
 
 def _subset_reduce(

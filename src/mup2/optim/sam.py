@@ -19,7 +19,7 @@ from torch.optim.optimizer import ParamsT
 from mup2.errors import check_finite
 from mup2.optim.contexts import frozen_bn_stats, gradient_sync, no_sync
 from mup2.optim.lr_multipliers import attach_lr_multipliers
-from mup2.optim.perturb import perturbation_direction
+from mup2.optim.perturb import by_device_and_dtype, perturbation_direction
 from mup2.optim.rules import RULES, Factor, Rule, get_rule
 from mup2.optim.shards import Reduce, locals_, shard_reducer
 from mup2.roles import Role
@@ -51,7 +51,8 @@ class Plan:
     rule. ``buckets`` groups the indices of tensors with equal ``(rho, c)`` so that a scale
     proportional to ``rho**2 c`` is applied with one multi-tensor call per bucket. Under FSDP
     ``params``/``bufs`` are the local shards in :meth:`SAM.first_step`, ``owners`` the
-    parameters (state keys) and ``reduce`` sums squared norms across the shards."""
+    parameters (state keys) and ``reduce`` sums squared norms across the shards. ``uniform``:
+    all tensors share one device and dtype (then norms skip grouping them on every step)."""
 
     params: list[Tensor]
     bufs: list[Tensor]
@@ -66,6 +67,7 @@ class Plan:
     buckets: list[list[int]]
     owners: list[Tensor]
     reduce: Reduce | None
+    uniform: bool
 
     @property
     def bucketed(self) -> bool:
@@ -89,6 +91,7 @@ class Plan:
             _buckets(keys),
             [self.owners[i] for i in keep],
             shard_reducer([self.owners[i] for i in keep]),
+            self.uniform,
         )
 
     def local(self) -> Plan:
@@ -103,6 +106,20 @@ def _buckets(keys: Sequence[tuple[float, float]]) -> list[list[int]]:
     for i, key in enumerate(keys):
         out.setdefault(key, []).append(i)
     return list(out.values())
+
+
+def _scales(plan: Plan, k: Tensor, bucketed: bool) -> list[tuple[list[int] | None, list[Tensor]]]:
+    """``(indices, scales)`` per multi-tensor call applying ``eps = k d`` (``None``: all tensors,
+    the common case of one bucket); a bucket's scales repeat one 0-d tensor."""
+    if not bucketed:
+        return [(None, list(k.unbind()))]
+    if len(plan.buckets) == 1:
+        return [(None, [k[0]] * len(plan.params))]
+    return [(idx, [k[idx[0]]] * len(idx)) for idx in plan.buckets]
+
+
+def _pick(tensors: list[Tensor], idx: list[int] | None) -> list[Tensor]:
+    return tensors if idx is None else [tensors[i] for i in idx]
 
 
 class SAM(torch.optim.Optimizer):
@@ -277,6 +294,7 @@ class SAM(torch.optim.Optimizer):
                 _buckets(keys),
                 params,
                 shard_reducer(params),
+                len(by_device_and_dtype(params)) <= 1,
             )
             self._plan_key = key
         return self._plan
@@ -295,6 +313,7 @@ class SAM(torch.optim.Optimizer):
             plan.eta,
             scratch=plan.bufs,
             reduce=plan.reduce,
+            uniform=plan.uniform,
         )
         return d, k, plan.bucketed
 
@@ -312,22 +331,14 @@ class SAM(torch.optim.Optimizer):
             if plan.reduce is not None:  # FSDP: compute on the local shards
                 plan, grads = plan.local(), locals_(grads)  # type: ignore[assignment, arg-type]
             d, k, bucketed = self._perturbation(plan, grads)  # type: ignore[arg-type]
-            groups = (
-                [(idx, k[idx[0]]) for idx in plan.buckets]
-                if bucketed
-                else [(list(range(len(d))), list(k.unbind()))]
-            )
             if self.restore == "copy":
                 torch._foreach_copy_(plan.bufs, plan.params)
-                for idx, scale in groups:
-                    scales = scale if isinstance(scale, list) else [scale] * len(idx)
-                    torch._foreach_addcmul_(
-                        [plan.params[i] for i in idx], [d[i] for i in idx], scales
-                    )
+                for idx, scales in _scales(plan, k, bucketed):
+                    torch._foreach_addcmul_(_pick(plan.params, idx), _pick(d, idx), scales)
             else:
                 torch._foreach_copy_(plan.bufs, d)
-                for idx, scale in groups:
-                    torch._foreach_mul_([plan.bufs[i] for i in idx], scale)
+                for idx, scales in _scales(plan, k, bucketed):
+                    torch._foreach_mul_(_pick(plan.bufs, idx), scales)
                 torch._foreach_add_(plan.params, plan.bufs)
             self._perturbed = (plan.params, plan.bufs)
         self._ascended = True
