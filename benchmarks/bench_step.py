@@ -109,10 +109,11 @@ def check_minimal_is_mup2(w: Workload, steps: int = 3) -> float:
     for r in runs:
         for _ in range(steps):
             r.step()
-    moved = max(float((p - q).abs().max()) for p, q in zip(runs[0].params, w0, strict=True))
-    diff = max(
-        float((p - q).abs().max()) for p, q in zip(runs[0].params, runs[1].params, strict=True)
-    )
+    with torch.no_grad():
+        moved = max(float((p - q).abs().max()) for p, q in zip(runs[0].params, w0, strict=True))
+        diff = max(
+            float((p - q).abs().max()) for p, q in zip(runs[0].params, runs[1].params, strict=True)
+        )
     if not diff <= 1e-10 * moved:
         raise AssertionError(f"minimal sam differs from mup2 sam by {diff:.1e} (moved {moved:.1e})")
     return diff / moved

@@ -62,11 +62,10 @@ def norms(
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` where a zero, non-finite or NaN denominator, or a non-finite quotient,
-    gives 0 (no step, no NaN): a gradient whose squared norm underflows to 0 must not give a
-    huge perturbation."""
-    q = num / den
-    return torch.where((den > 0) & torch.isfinite(q), q, 0.0)
+    """``num / den`` where a non-finite quotient gives 0 (no step, no NaN): so does a zero,
+    infinite or NaN denominator (``den`` is a norm, never negative); a gradient whose squared
+    norm underflows to 0 must not give a huge perturbation. Two kernels: this runs every step."""
+    return torch.nan_to_num(num / den, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _ascent(
