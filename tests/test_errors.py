@@ -507,6 +507,46 @@ def test_optimizers_refuse_non_finite_arguments(what: str, make: Any, message: s
         make([torch.nn.Parameter(torch.zeros(2))])
 
 
+def _mlp(width: int, d_in: int = 12, classes: int = 5) -> torch.nn.Sequential:
+    return torch.nn.Sequential(
+        torch.nn.Linear(d_in, width), torch.nn.ReLU(), torch.nn.Linear(width, classes)
+    )
+
+
+PARAMETRIZATIONS = [
+    (
+        "a base with other input features (784 vs 12)",
+        lambda: mup2.Parametrization.infer(_mlp(64), _mlp(16, d_in=784), "mup-sgd"),
+        "one grows and the other shrinks",
+    ),
+    (
+        "a base with a tensor of another rank",
+        lambda: mup2.Parametrization.infer(_mlp(64), {"0.weight": (16, 12, 1)}, "mup-sgd"),
+        "has 2 dims but the base's is [16, 12, 1]",
+    ),
+    (
+        "a base with a tensor the model lacks",
+        lambda: mup2.Parametrization.infer(_mlp(64), {"head.weight": (5, 16)}, "mup-sgd"),
+        "the base has tensors the model lacks: ['head.weight']",
+    ),
+    (
+        "an unknown scheme",
+        lambda: mup2.Parametrization.infer(_mlp(64), _mlp(16), "mup3"),
+        "unknown",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "make", "message"), PARAMETRIZATIONS, ids=[p[0] for p in PARAMETRIZATIONS]
+)
+def test_parametrizations_refuse_a_base_that_does_not_match(
+    what: str, make: Any, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
 def table() -> str:
     """The markdown table of docs/errors.md: every case with the message it gets."""
     rows = ["| kind | input | message (exit code 2) |", "|---|---|---|"]
@@ -522,6 +562,12 @@ def table() -> str:
             make([torch.nn.Parameter(torch.zeros(2))])
         except ValueError as exc:
             rows.append(f"| optimizer | {what} | `ValueError`: {exc} |")
+    for what, make, _ in PARAMETRIZATIONS:
+        try:
+            make()
+        except ValueError as exc:
+            text = str(exc).replace("|", "\\|")
+            rows.append(f"| parametrization | {what} | `{type(exc).__name__}`: {text} |")
     return "\n".join(rows)
 
 

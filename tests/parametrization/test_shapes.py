@@ -96,6 +96,23 @@ def test_mismatched_base_names_the_tensor_and_both_shapes() -> None:
         infer_shapes(mlp(64), base)
 
 
+@pytest.mark.parametrize(
+    ("base", "fans"), [(mlp(16, d_in=24), "24 -> 12"), (mlp(16, classes=8), "")]
+)
+def test_a_base_that_differs_in_a_fixed_dimension_is_refused(base: nn.Module, fans: str) -> None:
+    """A base with other input features (or classes) must not turn the input layer (readout)
+    hidden: its fan_in shrinks while its fan_out grows."""
+    name = "0.weight" if fans else "4.weight"
+    with pytest.raises(ShapeError, match=rf"{name} \(Linear\): .*one grows and the other shrinks"):
+        infer_shapes(mlp(64), base)
+
+
+def test_a_base_wider_than_the_model_is_fine() -> None:
+    shapes = infer_shapes(mlp(16), mlp(64))
+    assert shapes["2.weight"].role is Role.HIDDEN and shapes["2.weight"].m_in == 0.25
+    assert shapes["0.weight"].role is Role.INPUT and shapes["4.weight"].role is Role.OUTPUT
+
+
 def test_missing_tensor_in_base_is_named() -> None:
     base = {n: tuple(p.shape) for n, p in mlp(16, norm=True).named_parameters()}
     del base["3.weight"]

@@ -328,6 +328,14 @@ def _infer_one(
         return TensorShape(name, shape, base_shape, Role.INPUT, 1.0, ratios[0], mtype, norm)
     m_out = shape[out_ax] / base_shape[out_ax] if out_ax is not None else 1.0
     m_in = shape[in_ax] / base_shape[in_ax] if in_ax is not None else 1.0
+    if in_ax is not None and out_ax is not None and (m_in - 1.0) * (m_out - 1.0) < 0:
+        raise ShapeError(
+            f"{name} ({mtype}): from base to model fan_in goes {base_shape[in_ax]} -> "
+            f"{shape[in_ax]} and fan_out {base_shape[out_ax]} -> {shape[out_ax]}; one grows and "
+            "the other shrinks, so the base differs from the model in a fixed dimension (input "
+            "features, classes): build the base with the model's fixed dimensions, changing "
+            "only its widths"
+        )
     return TensorShape(name, shape, base_shape, _role_of(m_in, m_out), m_in, m_out, mtype, norm)
 
 
