@@ -34,6 +34,8 @@ from mup2.sweep import parse_sweep_config, prepare
 from mup2.train import CHECKPOINT
 from mup2.train import train as train_run
 
+from nets import mlp
+
 TRAIN: dict[str, Any] = {
     "epochs": 1,
     "batch_size": 16,
@@ -507,32 +509,26 @@ def test_optimizers_refuse_non_finite_arguments(what: str, make: Any, message: s
         make([torch.nn.Parameter(torch.zeros(2))])
 
 
-def _mlp(width: int, d_in: int = 12, classes: int = 5) -> torch.nn.Sequential:
-    return torch.nn.Sequential(
-        torch.nn.Linear(d_in, width), torch.nn.ReLU(), torch.nn.Linear(width, classes)
-    )
-
-
 PARAMETRIZATIONS = [
     (
         "a base with other input features (784 vs 12)",
-        lambda: mup2.Parametrization.infer(_mlp(64), _mlp(16, d_in=784), "mup-sgd"),
+        lambda: mup2.Parametrization.infer(mlp(64), mlp(16, d_in=784), "mup-sgd"),
         "one grows and the other shrinks",
     ),
     (
         "a base with a tensor of another rank",
-        lambda: mup2.Parametrization.infer(_mlp(64), {"0.weight": (16, 12, 1)}, "mup-sgd"),
+        lambda: mup2.Parametrization.infer(mlp(64), {"0.weight": (16, 12, 1)}, "mup-sgd"),
         "has 2 dims but the base's is [16, 12, 1]",
     ),
     (
         "a base with a tensor the model lacks",
-        lambda: mup2.Parametrization.infer(_mlp(64), {"head.weight": (5, 16)}, "mup-sgd"),
+        lambda: mup2.Parametrization.infer(mlp(64), {"head.weight": (5, 16)}, "mup-sgd"),
         "the base has tensors the model lacks: ['head.weight']",
     ),
     (
         "an unknown scheme",
-        lambda: mup2.Parametrization.infer(_mlp(64), _mlp(16), "mup3"),
-        "unknown",
+        lambda: mup2.Parametrization.infer(mlp(64), mlp(16), "mup3"),
+        "unknown scheme 'mup3'",
     ),
 ]
 

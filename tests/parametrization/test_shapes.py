@@ -97,13 +97,18 @@ def test_mismatched_base_names_the_tensor_and_both_shapes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("base", "fans"), [(mlp(16, d_in=24), "24 -> 12"), (mlp(16, classes=8), "")]
+    ("base", "name", "fans"),
+    [
+        (mlp(16, d_in=24), "0.weight", "fan_in goes 24 -> 12 and fan_out 16 -> 64"),
+        (mlp(16, classes=8), "4.weight", "fan_in goes 16 -> 64 and fan_out 8 -> 5"),
+    ],
 )
-def test_a_base_that_differs_in_a_fixed_dimension_is_refused(base: nn.Module, fans: str) -> None:
+def test_a_base_that_differs_in_a_fixed_dimension_is_refused(
+    base: nn.Module, name: str, fans: str
+) -> None:
     """A base with other input features (or classes) must not turn the input layer (readout)
-    hidden: its fan_in shrinks while its fan_out grows."""
-    name = "0.weight" if fans else "4.weight"
-    with pytest.raises(ShapeError, match=rf"{name} \(Linear\): .*one grows and the other shrinks"):
+    hidden: one of its fans shrinks while the other grows."""
+    with pytest.raises(ShapeError, match=rf"{name} \(Linear\): .*{fans}; one grows and the other"):
         infer_shapes(mlp(64), base)
 
 

@@ -48,8 +48,8 @@ def norms(
     tensors share one device and dtype (a plan's tensors, checked once), so they are not grouped
     on every call."""
     tensors = list(tensors)
-    groups = [list(range(len(tensors)))] if uniform else by_device_and_dtype(tensors)
-    if len(groups) == 1:
+    groups = None if uniform else by_device_and_dtype(tensors)
+    if groups is None or len(groups) == 1:
         out = torch.stack(torch._foreach_norm(tensors)).to(like)
     else:
         out = torch.empty(len(tensors), device=like.device, dtype=like.dtype)
