@@ -74,6 +74,18 @@ def _worker(rank: int, port: int, sync: bool, out: str) -> None:
     opt = SAM(p.param_groups(plain, lr=LR), rho=0.0, model=plain, sync_perturbation=sync)
     sam_step(opt, lambda b: loss_fn(b, plain), batch)
     torch.save([q.detach() for q in plain.parameters()], f"{out}.rho0.{rank}")
+    # restore="swap": parameter storage alternates under DDP; three steps equal the copy's
+    runs = []
+    for restore in ("copy", "swap"):
+        net = DistributedDataParallel(_net())
+        groups = p.param_groups(net, lr=LR)
+        o = SAM(groups, rho=RHO, model=net, sync_perturbation=sync, restore=restore)
+        ptrs = [q.data_ptr() for q in net.parameters()]
+        for _ in range(3):
+            sam_step(o, lambda b, net=net: loss_fn(b, net), batch)
+        moved = all(q.data_ptr() != a for q, a in zip(net.parameters(), ptrs, strict=True))
+        runs.append(([q.detach() for q in net.parameters()], moved))
+    torch.save(runs, f"{out}.swap.{rank}")
     dist.barrier()
     dist.destroy_process_group()
     # torch 2.13 can abort in interpreter finalization after a gloo run ("terminate called
@@ -100,6 +112,10 @@ def test_ddp_sam_matches_hand_computation(sync: bool, tmp_path: Path) -> None:
     for r in range(WORLD):
         for got, want in zip(torch.load(f"{out}.rho0.{r}"), sgd, strict=True):
             assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    for r in range(WORLD):
+        (copied, copy_moved), (swapped, swap_moved) = torch.load(f"{out}.swap.{r}")
+        assert swap_moved and not copy_moved
+        assert all(torch.equal(a, b) for a, b in zip(copied, swapped, strict=True))
     per_replica = hand_step(False)
     differs = any(
         not torch.allclose(a, b) for a, b in zip(per_replica, hand_step(True), strict=True)

@@ -51,8 +51,14 @@ def _build(name: str, model: nn.Module, shard: Callable[[nn.Module], None]) -> m
     groups = p.param_groups(model, lr=0.05)
     if name.startswith("sam"):
         scaling = name.split("-")[1]
-        return mup2.SAM(
-            groups, torch.optim.SGD, rho=0.1, scaling=scaling, momentum=0.9, model=model
+        return mup2.SAM(  # DTensors keep their storage: "swap" restores them by copy
+            groups,
+            torch.optim.SGD,
+            rho=0.1,
+            scaling=scaling,
+            momentum=0.9,
+            model=model,
+            restore="swap",
         )
     variant: Any = name.split("-", 1)[1]
     return mup2.LightSAM(groups, variant, lr=0.02, rho=0.01, model=model)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mup2 import SAM, Parametrization, attach_lr_multipliers, frozen_bn_stats
+from mup2.optim.sam import owns_storage
 
 from nets import ConvNet, mlp
 
@@ -124,6 +125,52 @@ def test_parameter_storage_is_stable(restore: str) -> None:
     assert sum(v.numel() for v in opt._buffers.values()) == n_param  # one parameter-sized buffer
 
 
+@pytest.mark.parametrize("base", list(BASES))
+@pytest.mark.parametrize("rule", ["sam", "asam"])
+def test_swap_restore_equals_copy_and_alternates_two_storages(base: str, rule: str) -> None:
+    cls, kw = BASES[base]
+    runs = []
+    for restore in ("copy", "swap"):
+        model, p = mup_model()
+        opt = SAM(p.param_groups(model, lr=0.05), cls, rho=0.1, rule=rule, restore=restore, **kw)  # type: ignore[arg-type]
+        ptrs = [[q.data_ptr() for q in model.parameters()]]
+        for step in range(4):
+            opt.step(closure_for(model, opt, *data(seed=step)))
+            ptrs.append([q.data_ptr() for q in model.parameters()])
+        runs.append(([q.detach().clone() for q in model.parameters()], ptrs, opt))
+    (copied, _, _), (swapped, ptrs, opt) = runs
+    assert all(torch.equal(a, b) for a, b in zip(copied, swapped, strict=True))  # bit for bit
+    bufs = {b.data_ptr() for b in opt._buffers.values()}  # in plan order, not the model's
+    assert ptrs[0] == ptrs[2] == ptrs[4] and ptrs[1] == ptrs[3] and set(ptrs[1]) == bufs
+    assert all(a != b for a, b in zip(ptrs[0], ptrs[1], strict=True))
+    n_param = sum(q.numel() for q in copied)
+    assert sum(v.numel() for v in opt._buffers.values()) == n_param  # one parameter-sized buffer
+
+
+def test_swap_restore_copies_views_and_shared_storage() -> None:
+    """Parameters that are views into one flat buffer (as flat-parameter wrappers make them) or
+    share storage must keep it: the swap falls back to the copy there."""
+    runs = []
+    for restore in ("copy", "swap"):
+        model, p = mup_model()
+        flat = torch.cat([q.detach().reshape(-1) for q in model.parameters()])
+        offset = 0
+        for q in model.parameters():
+            q.data = flat[offset : offset + q.numel()].view_as(q)
+            offset += q.numel()
+        opt = SAM(p.param_groups(model, lr=0.05), torch.optim.SGD, restore=restore)  # type: ignore[arg-type]
+        for step in range(3):
+            opt.step(closure_for(model, opt, *data(seed=step)))
+        assert all(q.untyped_storage().data_ptr() == flat.data_ptr() for q in model.parameters())
+        assert not opt.perturbation_plan().swappable
+        runs.append(flat)
+    assert torch.equal(runs[0], runs[1])
+    a, b = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    assert owns_storage([a, b]) and not owns_storage([a, a]) and not owns_storage([a[1:]])
+    b.data = a.data
+    assert not owns_storage([a, b])  # two parameters on one storage
+
+
 def _bn_buffers(model: nn.Module) -> dict[str, Tensor]:
     return {
         k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k
@@ -231,8 +278,8 @@ def test_constructor_errors() -> None:
         SAM(model.parameters(), rule="asam", scaling="mup2-coupled")
     with pytest.raises(ValueError, match="rho must be >= 0"):
         SAM(model.parameters(), rho=-0.1)
-    with pytest.raises(ValueError, match="restore must be"):
-        SAM(model.parameters(), restore="swap")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"one of \['copy', 'swap', 'subtract'\], not 'move'"):
+        SAM(model.parameters(), restore="move")  # type: ignore[arg-type]
 
 
 def test_scheduler_on_sam_sees_base_lrs_and_does_not_warn() -> None:
@@ -251,9 +298,10 @@ def test_scheduler_on_sam_sees_base_lrs_and_does_not_warn() -> None:
     assert {g["lr"] for g in opt.param_groups} == {0.1 * 0.5**3}
 
 
-def test_bf16_parameters_are_restored_exactly() -> None:
+@pytest.mark.parametrize("restore", ["copy", "swap"])
+def test_bf16_parameters_are_restored_exactly(restore: str) -> None:
     model = mlp(16).to(torch.bfloat16)
-    opt = SAM(model.parameters(), lr=0.1)
+    opt = SAM(model.parameters(), lr=0.1, restore=restore)  # type: ignore[arg-type]
     x, y = data()
     nn.functional.cross_entropy(model(x.bfloat16()), y).backward()
     before = [q.detach().clone() for q in model.parameters()]
@@ -285,9 +333,10 @@ def test_grad_scaler_recipe_matches_the_unscaled_run() -> None:
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_grad_scaler_overflow_in_the_first_pass_leaves_weights_intact() -> None:
+@pytest.mark.parametrize("restore", ["copy", "swap"])
+def test_grad_scaler_overflow_in_the_first_pass_leaves_weights_intact(restore: str) -> None:
     model, p = mup_model()
-    opt = SAM(p.param_groups(model, lr=0.05), torch.optim.SGD, rho=0.1, restore="copy")
+    opt = SAM(p.param_groups(model, lr=0.05), torch.optim.SGD, rho=0.1, restore=restore)  # type: ignore[arg-type]
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     x, y = data()
     before = [q.detach().clone() for q in model.parameters()]

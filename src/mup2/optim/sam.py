@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -21,12 +21,12 @@ from mup2.optim.contexts import frozen_bn_stats, gradient_sync, no_sync
 from mup2.optim.lr_multipliers import attach_lr_multipliers
 from mup2.optim.perturb import by_device_and_dtype, perturbation_direction
 from mup2.optim.rules import RULES, Factor, Rule, get_rule
-from mup2.optim.shards import Reduce, locals_, shard_reducer
+from mup2.optim.shards import Reduce, is_dtensor, locals_, shard_reducer
 from mup2.roles import Role
 
-__all__ = ["SAM", "Plan", "Restore"]
+__all__ = ["SAM", "Plan", "Restore", "owns_storage"]
 
-Restore = Literal["copy", "subtract"]
+Restore = Literal["copy", "swap", "subtract"]
 
 #: Group keys SAM reads besides its hyperparameters, with their values for plain params (base
 #: width, where μP² is plain SAM); :meth:`mup2.Parametrization.param_groups` sets them.
@@ -52,7 +52,11 @@ class Plan:
     proportional to ``rho**2 c`` is applied with one multi-tensor call per bucket. Under FSDP
     ``params``/``bufs`` are the local shards in :meth:`SAM.first_step`, ``owners`` the
     parameters (state keys) and ``reduce`` sums squared norms across the shards. ``uniform``:
-    all tensors share one device and dtype (then norms skip grouping them on every step)."""
+    all tensors share one device and dtype (then norms skip grouping them on every step).
+    ``bucketed``: SAM's closed-form scale ``k`` is constant within each bucket (no layerwise
+    ASAM factor). ``swappable``: every tensor is a plain tensor that is its whole storage,
+    shared with no other tensor of the plan (:func:`owns_storage`), so ``restore="swap"`` may
+    exchange its storage with its buffer's."""
 
     params: list[Tensor]
     bufs: list[Tensor]
@@ -68,11 +72,8 @@ class Plan:
     owners: list[Tensor]
     reduce: Reduce | None
     uniform: bool
-
-    @property
-    def bucketed(self) -> bool:
-        """Whether SAM's closed-form scale ``k`` is constant within each bucket."""
-        return Factor.LAYERWISE not in self.factors
+    bucketed: bool
+    swappable: bool
 
     def subset(self, keep: Sequence[int]) -> Plan:
         keys = [self.keys[i] for i in keep]
@@ -92,6 +93,8 @@ class Plan:
             [self.owners[i] for i in keep],
             shard_reducer([self.owners[i] for i in keep]),
             self.uniform,
+            self.bucketed,
+            self.swappable,
         )
 
     def local(self) -> Plan:
@@ -99,6 +102,26 @@ class Plan:
         if self.reduce is None:
             return self
         return replace(self, params=locals_(self.params), bufs=locals_(self.bufs))
+
+
+def owns_storage(tensors: Sequence[Tensor]) -> bool:
+    """Whether each of ``tensors`` is a plain strided tensor that spans its whole storage and
+    shares it with none of the others: then exchanging its storage with another tensor's leaves
+    no alias behind. Not so for DTensors (FSDP2 computes from its own sharded storage), tensor
+    subclasses, and views into a larger buffer (flat-parameter and bucket-view wrappers)."""
+    ptrs = set()
+    for t in tensors:
+        data = t.data
+        if (
+            is_dtensor(t)
+            or type(data) is not Tensor
+            or data.layout != torch.strided
+            or data.storage_offset() != 0
+            or data.untyped_storage().nbytes() != data.numel() * data.element_size()
+        ):
+            return False
+        ptrs.add(data.untyped_storage().data_ptr())
+    return len(ptrs) == len(tensors)
 
 
 def _buckets(keys: Sequence[tuple[float, float]]) -> list[list[int]]:
@@ -141,9 +164,14 @@ class SAM(torch.optim.Optimizer):
             offset is multiplied by its group's ``weight_scale`` (how its entries scale with
             width), so that ``|W| + eta`` keeps its meaning at every width.
         restore: how ``w`` is restored after the perturbed pass: ``"copy"`` (default) saves
-            ``w`` in the buffer and copies it back, exactly; ``"subtract"`` keeps ``eps`` in the
-            buffer and subtracts it (``w + eps - eps`` may differ from ``w`` by a rounding).
-            Either way one parameter-sized buffer persists.
+            ``w`` in the buffer and copies it back, exactly, and parameter storage never moves;
+            ``"swap"`` saves ``w`` likewise but restores by exchanging storage with the buffer
+            (exact, one pass fewer; ``p.data_ptr()`` alternates between two allocations, so
+            nothing else may hold the storage: not for CUDA graphs or tensors aliasing
+            ``p.data``; plans with DTensors or views into a larger buffer are copied, see
+            :func:`owns_storage`); ``"subtract"`` keeps ``eps`` in the buffer and subtracts it
+            (``w + eps - eps`` may differ from ``w`` by a rounding). Each way one
+            parameter-sized buffer persists.
         model: optional; :meth:`step` then runs the first pass under DDP ``no_sync`` (unless
             ``sync_perturbation``) and the second with frozen BatchNorm statistics.
         sync_perturbation: under DDP, all-reduce the first-pass gradients (one shared
@@ -174,8 +202,8 @@ class SAM(torch.optim.Optimizer):
     ) -> None:
         for name, value in base_kwargs.items():
             check_finite(name, value)  # torch's optimizers take lr=nan and weight_decay=inf
-        if restore not in ("copy", "subtract"):
-            raise ValueError(f"restore must be 'copy' or 'subtract', not {restore!r}")
+        if restore not in get_args(Restore):
+            raise ValueError(f"restore must be one of {list(get_args(Restore))}, not {restore!r}")
         self.model, self.sync_perturbation = model, sync_perturbation
         self._base: torch.optim.Optimizer | None = None
         defaults = {"rho": rho, "rule": rule, "scaling": scaling, "eta": eta, **_GROUP_DEFAULTS}
@@ -190,7 +218,7 @@ class SAM(torch.optim.Optimizer):
         self._check_norm_only()
         self.restore: Restore = restore
         self._buffers: dict[Tensor, Tensor] = {}
-        self._perturbed: tuple[list[Tensor], list[Tensor]] | None = None  # (params, buffers)
+        self._perturbed: tuple[list[Tensor], list[Tensor], Restore] | None = None
         self._ascended = False  # first_step() ran since the last base step
         self._plan_key: tuple[Any, ...] | None = None
         self._plan: Plan | None = None
@@ -295,6 +323,8 @@ class SAM(torch.optim.Optimizer):
                 params,
                 shard_reducer(params),
                 len(by_device_and_dtype(params)) <= 1,
+                Factor.LAYERWISE not in factors,
+                owns_storage(params),
             )
             self._plan_key = key
         return self._plan
@@ -331,16 +361,19 @@ class SAM(torch.optim.Optimizer):
             if plan.reduce is not None:  # FSDP: compute on the local shards
                 plan, grads = plan.local(), locals_(grads)  # type: ignore[assignment, arg-type]
             d, k, bucketed = self._perturbation(plan, grads)  # type: ignore[arg-type]
-            if self.restore == "copy":
-                torch._foreach_copy_(plan.bufs, plan.params)
-                for idx, scales in _scales(plan, k, bucketed):
-                    torch._foreach_addcmul_(_pick(plan.params, idx), _pick(d, idx), scales)
-            else:
+            restore = self.restore
+            if restore == "subtract":
                 torch._foreach_copy_(plan.bufs, d)
                 for idx, scales in _scales(plan, k, bucketed):
                     torch._foreach_mul_(_pick(plan.bufs, idx), scales)
                 torch._foreach_add_(plan.params, plan.bufs)
-            self._perturbed = (plan.params, plan.bufs)
+            else:
+                torch._foreach_copy_(plan.bufs, plan.params)
+                for idx, scales in _scales(plan, k, bucketed):
+                    torch._foreach_addcmul_(_pick(plan.params, idx), _pick(d, idx), scales)
+                if restore == "swap" and not plan.swappable:
+                    restore = "copy"
+            self._perturbed = (plan.params, plan.bufs, restore)
         self._ascended = True
         if zero_grad:
             self.zero_grad()
@@ -354,13 +387,22 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def unperturb(self) -> None:
         """Restore exactly the tensors that :meth:`first_step` perturbed."""
-        if self._perturbed is not None:
-            params, bufs = self._perturbed
-            if self.restore == "subtract":
-                torch._foreach_sub_(params, bufs)
-            else:
-                torch._foreach_copy_(params, bufs)
-            self._perturbed = None
+        self._restore()
+
+    def _restore(self) -> None:  # under no_grad
+        if self._perturbed is None:
+            return
+        params, bufs, restore = self._perturbed
+        if restore == "swap":  # the buffer holds w: the parameter takes its storage, and back
+            for p, b in zip(params, bufs, strict=True):
+                w_eps = p.data
+                p.data = b
+                b.data = w_eps
+        elif restore == "subtract":
+            torch._foreach_sub_(params, bufs)
+        else:
+            torch._foreach_copy_(params, bufs)
+        self._perturbed = None
 
     @torch.no_grad()
     def second_step(
@@ -371,7 +413,7 @@ class SAM(torch.optim.Optimizer):
         With an AMP ``scaler``, the step goes through ``scaler.step`` (which unscales once and
         skips non-finite steps); call ``scaler.update()`` afterwards as usual.
         """
-        self.unperturb()
+        self._restore()
         if scaler is not None:
             scaler.step(self.base_optimizer)
         else:
