@@ -1,11 +1,13 @@
 """Helpers shared by the SAM-step and multi-process tests: a float64 test net, one SAM step on a
-batch (closure or accumulated), and joining a 2-process gloo group on localhost."""
+batch (closure or accumulated), and joining and leaving a 2-process gloo group on localhost."""
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -60,3 +62,16 @@ def join_gloo(rank: int, port: int, world: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def leave_gloo() -> NoReturn:
+    """End a spawned gloo worker: wait for every rank, tear the group down, exit at once.
+
+    torch 2.13 can abort in interpreter finalization after a gloo run ("terminate called without
+    an active exception", SIGABRT, after all work is done), and spawned processes finalize, so a
+    worker leaves without it (as ``examples/ddp_sam.py`` does)."""
+    dist.barrier()  # no rank may tear gloo down while another still talks to it
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import mup2
-from harness import Batch, free_port, join_gloo, sam_step, split, tanh_net
+from harness import Batch, free_port, join_gloo, leave_gloo, sam_step, split, tanh_net
 
 WORLD, STEPS, BATCH = 2, 3, 16
 
@@ -92,8 +92,7 @@ def _worker(rank: int, port: int, out: str) -> None:
             results[f"{sync}-{micro}"] = (params, reductions[0])
     if rank == 0:
         torch.save(results, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 @pytest.fixture(scope="module")

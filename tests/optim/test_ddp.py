@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from harness import Batch, free_port, join_gloo, sam_step
+from harness import Batch, free_port, join_gloo, leave_gloo, sam_step
 from mup2 import SAM, Parametrization
 
 LR, RHO, WORLD = 0.1, 0.2, 2
@@ -86,14 +85,7 @@ def _worker(rank: int, port: int, sync: bool, out: str) -> None:
         moved = all(q.data_ptr() != a for q, a in zip(net.parameters(), ptrs, strict=True))
         runs.append(([q.detach() for q in net.parameters()], moved))
     torch.save(runs, f"{out}.swap.{rank}")
-    dist.barrier()
-    dist.destroy_process_group()
-    # torch 2.13 can abort in interpreter finalization after a gloo run ("terminate called
-    # without an active exception", after all work is done), and spawned processes finalize:
-    # leave without it, as examples/ddp_sam.py does.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_gloo()
 
 
 @pytest.mark.parametrize("sync", [False, True])

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 from torch import Tensor, nn
@@ -16,7 +15,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 import mup2
 import mup2.optim.dcp
-from harness import Batch, free_port, join_gloo, sam_step, tanh_net
+from harness import Batch, free_port, join_gloo, leave_gloo, sam_step, tanh_net
 
 WORLD, STEPS, SAVE_AT, MICRO = 2, 4, 2, 8
 #: ``-accum``: each rank accumulates two micro-batches of 4 (gradient sync on the last only);
@@ -125,8 +124,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         results[name] = (final, _full(model))
     if rank == 0:
         torch.save(results, out)
-    dist.barrier()  # no rank may tear gloo down while another still talks to it
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 @pytest.fixture(scope="module")

@@ -171,6 +171,24 @@ def test_swap_restore_copies_views_and_shared_storage() -> None:
     assert not owns_storage([a, b])  # two parameters on one storage
 
 
+def test_swap_restore_under_torch_compile_matches_copy_without_recompiling() -> None:
+    """A compiled model reads its parameters as graph inputs: moving storage recompiles nothing."""
+    from torch._dynamo.utils import counters
+
+    runs = []
+    for restore in ("copy", "swap"):
+        torch._dynamo.reset()
+        counters.clear()
+        model, p = mup_model()
+        compiled = torch.compile(model, backend="aot_eager")  # forward and backward graphs
+        opt = SAM(p.param_groups(model, lr=0.05), torch.optim.SGD, rho=0.1, restore=restore)  # type: ignore[arg-type]
+        for step in range(4):
+            opt.step(closure_for(compiled, opt, *data(seed=step)))  # type: ignore[arg-type]
+        assert counters["stats"]["unique_graphs"] == 1
+        runs.append([q.detach().clone() for q in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
 def _bn_buffers(model: nn.Module) -> dict[str, Tensor]:
     return {
         k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k
