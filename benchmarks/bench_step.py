@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_optimizer
@@ -39,32 +40,28 @@ from bench_sam import (
     medians,
     time_rounds,
 )
+from mup2.optim.sam import Restore
 
 
 def _floor(m: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(m.parameters(), lr=LR, momentum=MOMENTUM, foreach=True)
 
 
-def _mup2(m: nn.Module) -> torch.optim.Optimizer:
-    return mup2.SAM(
-        m.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=MOMENTUM, foreach=True
-    )
+def _mup2(
+    restore: Restore = "copy", foreach: bool = True
+) -> Callable[[nn.Module], torch.optim.Optimizer]:
+    def make(m: nn.Module) -> torch.optim.Optimizer:
+        return mup2.SAM(
+            m.parameters(),
+            torch.optim.SGD,
+            rho=RHO,
+            lr=LR,
+            momentum=MOMENTUM,
+            foreach=foreach,
+            restore=restore,
+        )
 
-
-def _mup2_swap(m: nn.Module) -> torch.optim.Optimizer:
-    return mup2.SAM(
-        m.parameters(),
-        torch.optim.SGD,
-        rho=RHO,
-        lr=LR,
-        momentum=MOMENTUM,
-        foreach=True,
-        restore="swap",
-    )
-
-
-def _mup2_loop(m: nn.Module) -> torch.optim.Optimizer:
-    return mup2.SAM(m.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=MOMENTUM)
+    return make
 
 
 class MinimalSAM:
@@ -103,9 +100,9 @@ def _pto(m: nn.Module) -> torch.optim.Optimizer:
 
 CONTESTANTS = [
     Contestant(BASELINE, _floor, sam=False),
-    Contestant("mup2 sam", _mup2),
-    Contestant("mup2 sam, restore=swap", _mup2_swap),
-    Contestant("mup2 sam, base for-loop", _mup2_loop),
+    Contestant("mup2 sam", _mup2()),
+    Contestant("mup2 sam, restore=swap", _mup2("swap")),
+    Contestant("mup2 sam, base for-loop", _mup2(foreach=False)),
     Contestant("pto sam", _pto),
     Contestant("minimal sam", _minimal),
 ]

@@ -7,10 +7,12 @@ import os
 import socket
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 import mup2
@@ -75,3 +77,11 @@ def leave_gloo() -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def rank0_results(worker: Callable[[int, int, str], None], tmp: Path, world: int) -> Any:
+    """Run ``worker(rank, port, out)`` in ``world`` spawned processes; what rank 0 saved (with
+    ``torch.save``) to ``out``, a file in the directory ``tmp``."""
+    out = str(tmp / "results.pt")
+    mp.spawn(worker, args=(free_port(), out), nprocs=world, join=True)
+    return torch.load(out)

@@ -9,12 +9,11 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import mup2
-from harness import Batch, free_port, join_gloo, leave_gloo, sam_step, split, tanh_net
+from harness import Batch, join_gloo, leave_gloo, rank0_results, sam_step, split, tanh_net
 
 WORLD, STEPS, BATCH = 2, 3, 16
 
@@ -97,9 +96,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = str(tmp_path_factory.mktemp("accum") / "results.pt")
-    mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
-    results: dict[str, Any] = torch.load(out)
+    results: dict[str, Any] = rank0_results(_worker, tmp_path_factory.mktemp("accum"), WORLD)
     return results
 
 

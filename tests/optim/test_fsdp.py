@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 import mup2
 import mup2.optim.dcp
-from harness import Batch, free_port, join_gloo, leave_gloo, sam_step, tanh_net
+from harness import Batch, join_gloo, leave_gloo, rank0_results, sam_step, tanh_net
 
 WORLD, STEPS, SAVE_AT, MICRO = 2, 4, 2, 8
 #: ``-accum``: each rank accumulates two micro-batches of 4 (gradient sync on the last only);
@@ -129,9 +128,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = str(tmp_path_factory.mktemp("fsdp") / "results.pt")
-    mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
-    results: dict[str, Any] = torch.load(out)
+    results: dict[str, Any] = rank0_results(_worker, tmp_path_factory.mktemp("fsdp"), WORLD)
     return results
 
 
