@@ -15,8 +15,9 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal, get_args
 
 import torch
+from torch import Tensor
 
-__all__ = ["PRECISIONS", "Precision", "autocast", "grad_scaler"]
+__all__ = ["PRECISIONS", "Precision", "at_least_fp32", "autocast", "grad_scaler"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -43,3 +44,9 @@ def grad_scaler(precision: str, device: torch.device | str) -> torch.amp.GradSca
     if precision != "fp16":
         return None
     return torch.amp.GradScaler(torch.device(device).type)
+
+
+def at_least_fp32(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is in a lower precision (autocast's bf16/fp16 logits), else as it
+    is: losses are computed in float32, or in float64 for a float64 model."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()

@@ -67,10 +67,12 @@ class DataSplits:
 
 
 def to_unit(images: Tensor) -> Tensor:
-    """float32 images on the ``[0, 1]`` scale for uint8 input, else as float32."""
+    """Images in torch's default float dtype (float32 unless a caller, e.g. a float64 test,
+    changed it), on the ``[0, 1]`` scale for uint8 input."""
+    dtype = torch.get_default_dtype()
     if images.dtype == torch.uint8:
-        return images.to(torch.float32).div_(255.0)
-    return images.to(torch.float32)
+        return images.to(dtype).div_(255.0)
+    return images.to(dtype)
 
 
 def channel_stats(images: Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:

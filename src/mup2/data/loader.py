@@ -65,12 +65,19 @@ class Loader:
         n = len(self.labels)
         return len(self) * self.batch_size if self.drop_last else n
 
+    def order(self, epoch: int = 0) -> Tensor | None:
+        """The permutation of the examples in epoch ``epoch`` (CPU, int64), ``None`` unshuffled.
+        Batch ``b`` holds ``order[b * batch_size : (b + 1) * batch_size]``."""
+        if not self.shuffle:
+            return None
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0))
+        return torch.randperm(len(self.labels), generator=gen)
+
     def epoch(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """The batches of epoch ``epoch``."""
         n = len(self.labels)
-        order_gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0))
         aug_gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 1))
-        order = torch.randperm(n, generator=order_gen) if self.shuffle else None
+        order = self.order(epoch)
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
             if order is None:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from mup2.optim.rules import Factor
 
-__all__ = ["by_device_and_dtype", "norms", "perturbation_direction", "safe_divide"]
+__all__ = ["by_device_and_dtype", "norms", "per_tensor", "perturbation_direction", "safe_divide"]
 
 
 def by_device_and_dtype(tensors: Sequence[Tensor]) -> list[list[int]]:
@@ -40,14 +40,21 @@ def norms(
     like: Tensor,
     reduce: Callable[[Tensor], Tensor] | None = None,
     uniform: bool = False,
+    configs: bool = False,
 ) -> Tensor:
     """The Frobenius norms of ``tensors`` as one 1-D tensor with ``like``'s device and dtype.
 
     ``reduce`` (FSDP, :func:`mup2.optim.shards.shard_reducer`) maps the squared norms of local
     shards to the global ones with one collective. ``uniform``: the caller knows that all
     tensors share one device and dtype (a plan's tensors, checked once), so they are not grouped
-    on every call."""
+    on every call. ``configs``: each tensor is ``(K, *shape)`` and the result ``(K, n)``, the
+    norms of each configuration's slices (no ``reduce``)."""
     tensors = list(tensors)
+    if configs:
+        if reduce is not None:
+            raise ValueError("norms per configuration take no shard reduction")
+        per = [torch.linalg.vector_norm(t.flatten(1), dim=1) for t in tensors]
+        return torch.stack(per, dim=1).to(like)
     groups = None if uniform else by_device_and_dtype(tensors)
     if groups is None or len(groups) == 1:
         out = torch.stack(torch._foreach_norm(tensors)).to(like)
@@ -68,21 +75,37 @@ def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     return torch.nan_to_num(num / den, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def _joint_norm(rho2s: Tensor, sq: Tensor) -> Tensor:
+    """``sqrt(sum_V rho_V**2 s_V ||A_V g_V||**2)``: a 0-d tensor, or ``(K, 1)`` per configuration
+    (``rho2s``/``sq`` of shape ``(K, n)``)."""
+    if rho2s.ndim == 2:
+        return torch.sqrt((rho2s * sq).sum(dim=1, keepdim=True))
+    return torch.sqrt(torch.dot(rho2s, sq))
+
+
+def per_tensor(values: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Column ``i`` of the ``(K, n)`` ``values`` shaped to broadcast against ``tensors[i]``
+    (``(K, *shape)``)."""
+    k = values.shape[0]
+    return [values[:, i].reshape(k, *([1] * (t.ndim - 1))) for i, t in enumerate(tensors)]
+
+
 def _ascent(
     factor: Factor,
     params: list[Tensor],
     grads: list[Tensor],
     rho2c: Tensor,
-    eta: list[float],
+    eta: list[float] | Tensor,
     scratch: list[Tensor] | None,
     reduce: Callable[[Tensor], Tensor] | None,
     uniform: bool,
 ) -> tuple[list[Tensor], Tensor, Tensor]:
     """``(d, ||A g||**2, num)`` for tensors of one factor: the direction ``d``, the terms of the
     joint norm, and the numerator of ``k = num / norm`` (``rho**2 c``, times ``A**2`` when ``A``
-    is one number per tensor)."""
+    is one number per tensor). With a configuration axis (``rho2c`` 2-D) ``eta`` is ``(K, n)``."""
+    configs = rho2c.ndim == 2
     if factor is Factor.ONE:
-        return grads, norms(grads, rho2c, reduce, uniform) ** 2, rho2c
+        return grads, norms(grads, rho2c, reduce, uniform, configs) ** 2, rho2c
     if factor is Factor.ELEMENTWISE:
         if scratch is None:
             a = list(torch._foreach_abs(params))
@@ -90,15 +113,18 @@ def _ascent(
             a = scratch
             torch._foreach_copy_(a, params)
             torch._foreach_abs_(a)
-        torch._foreach_add_(a, eta)
+        if isinstance(eta, Tensor):
+            torch._foreach_add_(a, per_tensor(eta, a))
+        else:
+            torch._foreach_add_(a, eta)
         d = list(torch._foreach_mul(grads, a))  # A g
-        sq = norms(d, rho2c, reduce, uniform) ** 2
+        sq = norms(d, rho2c, reduce, uniform, configs) ** 2
         torch._foreach_mul_(d, a)  # A^2 g
         return d, sq, rho2c
     if factor is Factor.LAYERWISE:
-        offset = torch.tensor(eta, dtype=rho2c.dtype, device=rho2c.device)
-        a2 = (norms(params, rho2c, reduce, uniform) + offset) ** 2
-        return grads, a2 * norms(grads, rho2c, reduce, uniform) ** 2, rho2c * a2
+        offset = torch.as_tensor(eta, dtype=rho2c.dtype, device=rho2c.device)
+        a2 = (norms(params, rho2c, reduce, uniform, configs) + offset) ** 2
+        return grads, a2 * norms(grads, rho2c, reduce, uniform, configs) ** 2, rho2c * a2
     raise ValueError(f"factor {factor.value!r} has no closed-form ascent (LightSAM computes it)")
 
 
@@ -108,7 +134,7 @@ def perturbation_direction(
     grads: Sequence[Tensor],
     rho2c: Tensor,
     rho2s: Tensor,
-    eta: Sequence[float],
+    eta: Sequence[float] | Tensor,
     scratch: Sequence[Tensor] | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
     uniform: bool = False,
@@ -122,13 +148,17 @@ def perturbation_direction(
     overwrite (saves a parameter-sized temporary). ``k`` has their device and dtype; for SAM,
     SAM-ON and elementwise ASAM tensors it is proportional to ``rho2c``. ``reduce``: see
     :func:`norms` (the tensors are then local shards), as is ``uniform``.
+
+    With a configuration axis (module docstring): tensors ``(K, *shape)``, ``rho2c``/``rho2s``
+    and ``eta`` ``(K, n)``, ``k`` ``(K, n)``.
     """
+    eta_all: list[float] | Tensor = eta if isinstance(eta, Tensor) else list(eta)
     if factors and all(f is factors[0] for f in factors):  # one rule: no indexing
         sc = None if scratch is None else list(scratch)
         d, sq, num = _ascent(
-            factors[0], list(params), list(grads), rho2c, list(eta), sc, reduce, uniform
+            factors[0], list(params), list(grads), rho2c, eta_all, sc, reduce, uniform
         )
-        return list(d), safe_divide(num, torch.sqrt(torch.dot(rho2s, sq)))
+        return list(d), safe_divide(num, _joint_norm(rho2s, sq))
     kinds: dict[Factor, list[int]] = {}
     for i, f in enumerate(factors):
         kinds.setdefault(f, []).append(i)
@@ -141,16 +171,16 @@ def perturbation_direction(
             factor,
             [params[i] for i in idx],
             [grads[i] for i in idx],
-            rho2c[at],
-            [eta[i] for i in idx],
+            rho2c[..., at],
+            eta_all[:, at] if isinstance(eta_all, Tensor) else [eta_all[i] for i in idx],
             None if scratch is None else [scratch[i] for i in idx],
             sub,
             uniform,
         )
         for i, t in zip(idx, d, strict=True):
             d_all[i] = t
-        sq_all[at], num_all[at] = sq, num
-    return d_all, safe_divide(num_all, torch.sqrt(torch.dot(rho2s, sq_all)))
+        sq_all[..., at], num_all[..., at] = sq, num
+    return d_all, safe_divide(num_all, _joint_norm(rho2s, sq_all))
 
 
 def _subset_reduce(
