@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import re
-import select
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from sweeps import (
+    CLI,
+    FOREGROUND_CLI,
+    GRID,
+    SLOW,
+    SLOW_GRID,
+    TINY,
+    TINY_GRID,
+    TRAIN,
+    assert_complete_once,
+    grid_trials,
+    lines_until,
+    new_database,
+    sweep,
+    together,
+    wait_exit,
+)
 from typer.testing import CliRunner
 
 import mup2.sweep.engine
@@ -37,44 +48,6 @@ from mup2.sweep import (
     sweep_state,
 )
 from mup2.sweep.owner import OWNER
-
-TRAIN: dict[str, Any] = {
-    "epochs": 1,
-    "batch_size": 64,
-    "model": {"name": "mlp", "width": 16, "base_width": 16},
-    "data": {"name": "synthetic", "train_size": 256, "test_size": 128},
-    "optimizer": {"name": "sgd", "lr": 0.1},
-}
-GRID: dict[str, Any] = {
-    "widths": [16, 32],
-    "lr": [0.05, 0.2],
-    "rho": [0.0, 0.05],
-    "seeds": [0],
-    "parametrizations": ["sp-naive", "mup-global", "mup2"],
-}
-
-
-def sweep(name: str, **kw: Any) -> dict[str, Any]:
-    return {"name": name, "heartbeat_seconds": 1, "train": TRAIN, "grid": GRID} | kw
-
-
-def grid_trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=name, storage=storage)
-    return [t for t in study.get_trials() if "grid" in t.user_attrs]
-
-
-def assert_complete_once(storage: str, name: str, n_points: int, *, only: bool = False) -> None:
-    """No gaps, no duplicates: every grid point has exactly one finished trial, and every trial
-    is a grid point's (no bookkeeping trials); ``only``: and no other trial (no retries)."""
-    every = optuna.load_study(study_name=name, storage=storage).get_trials()
-    trials = grid_trials(storage, name)
-    assert len(trials) == len(every), [t.user_attrs for t in every if "grid" not in t.user_attrs]
-    if only:
-        assert len(trials) == n_points, Counter(t.state.name for t in trials)
-    done = Counter(tuple(sorted(t.params.items())) for t in trials if t.state.is_finished()
-                   and t.state == TrialState.COMPLETE)  # fmt: skip
-    assert len(done) == n_points and set(done.values()) == {1}
-    assert all(0.0 <= t.value <= 1.0 for t in trials if t.state == TrialState.COMPLETE)  # type: ignore[operator]
 
 
 def test_grid_is_expanded_once_with_shared_base_runs() -> None:
@@ -195,47 +168,6 @@ def test_a_diverging_run_is_stored_as_unstable_and_the_sweep_goes_on(tmp_path: P
     assert all(t.user_attrs["status"] == "ok" for t in stable)
 
 
-#: 4 points of 1-3 s each: a trial seen starting is still running when the test reacts (within
-#: milliseconds, even on a loaded 2-core machine); at 3 epochs a trial took 0.16 s.
-SLOW = {**TRAIN, "epochs": 30, "data": {"name": "synthetic", "train_size": 2048, "test_size": 64}}
-SLOW_GRID = {**GRID, "widths": [64, 128], "parametrizations": ["mup2"], "rho": [0.05]}
-#: 8 quick points, all at rho > 0.
-TINY = {**TRAIN, "data": {"name": "synthetic", "train_size": 128, "test_size": 64}}
-TINY_GRID = {"widths": [16], "lr": [0.05, 0.2], "rho": [0.05, 0.1],
-             "parametrizations": ["mup2", "mup-global"]}  # fmt: skip
-CLI = [sys.executable, "-m", "mup2.cli"]
-#: The CLI as a terminal's foreground process runs it: Ctrl-C raises KeyboardInterrupt. A child
-#: inherits an ignored SIGINT (a suite started in the background with `&` ignores it), and Python
-#: then leaves it ignored, as a program run with nohup should.
-FOREGROUND_CLI = [
-    sys.executable,
-    "-c",
-    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "from mup2.cli import main; sys.argv[0] = 'mup2'; main()",
-]
-
-
-def lines_until(stream: IO[str], *patterns: str) -> Iterator[re.Match[str]]:
-    """Read ``stream`` line by line (blocking: the process's own output is the signal), yielding
-    the match of each pattern in turn."""
-    for pattern in patterns:
-        for line in stream:
-            if m := re.search(pattern, line):
-                yield m
-                break
-        else:
-            pytest.fail(f"the output ended before a line matching {pattern!r}")
-
-
-def wait_exit(pid: int, timeout: float = 120) -> None:
-    """Wait until ``pid`` (not our child) has exited."""
-    fd = os.pidfd_open(pid)
-    try:
-        assert select.select([fd], [], [], timeout)[0], f"process {pid} is still running"
-    finally:
-        os.close(fd)
-
-
 def test_a_restarted_worker_takes_over_its_killed_predecessors_trial(tmp_path: Path) -> None:
     """kill -9 while a trial runs; a new worker on the same host sees its owner is gone and
     runs it again at once (no wait for the heartbeat), keeping the finished ones."""
@@ -288,47 +220,6 @@ def test_workers_stop_when_their_driver_is_killed(tmp_path: Path) -> None:
     assert_complete_once(storage, "orphan", len(expand(cfg)))
 
 
-def _cli_child(barrier: Any, argv: list[str], log: str) -> None:
-    """One mup2 command in a process of its own, started when all the others are ready."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    from mup2.cli import main
-
-    sys.argv = ["mup2", *argv]
-    barrier.wait()  # every process has imported everything: they open the store together
-    main()
-
-
-def together(argvs: list[list[str]], logs: Path) -> list[tuple[int | None, str]]:
-    """Run mup2 commands in processes released at one instant; (exit code, output) of each."""
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(len(argvs))
-    files = [logs / f"process-{i}.log" for i in range(len(argvs))]
-    procs = [
-        ctx.Process(target=_cli_child, args=(barrier, argv, str(f)))
-        for argv, f in zip(argvs, files, strict=True)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=600)
-    return [(p.exitcode, f.read_text()) for p, f in zip(procs, files, strict=True)]
-
-
-def _new_database(postgres: str, name: str, *, tables: bool) -> str:
-    import psycopg2
-
-    url = postgres.rsplit("/", 1)[0] + f"/{name}"
-    conn = psycopg2.connect(postgres.replace("postgresql+psycopg2", "postgresql"))
-    conn.autocommit = True
-    conn.cursor().execute(f"CREATE DATABASE {name}")
-    conn.close()
-    if tables:  # another study made them: the tables exist, this sweep's study does not
-        optuna.create_study(study_name="other", storage=url)
-    return url
-
-
 @pytest.mark.parametrize("store", ["sqlite", "postgresql", "postgresql-tables"])
 def test_four_drivers_start_together_on_one_store(
     store: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -338,7 +229,7 @@ def test_four_drivers_start_together_on_one_store(
     if store == "sqlite":
         url = f"sqlite:///{tmp_path / 'shared.db'}"
     else:
-        url = _new_database(
+        url = new_database(
             request.getfixturevalue("postgres"), f"four_{store[-6:]}", tables="-" in store
         )
     path = tmp_path / "sweep.yaml"
@@ -415,41 +306,6 @@ def test_worker_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert trial.user_attrs["error"] == "RuntimeError: broken on purpose"
     res = runner.invoke(app, ["worker", "--storage", url, "--study", "nope"])
     assert res.exit_code == 2 and "no sweep 'nope'" in res.output
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Any:
-    """A throwaway PostgreSQL server on 127.0.0.1 (CI installs the Debian package)."""
-    pg = _pg_bin()
-    if pg is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: .ci/run installs the 'postgresql' package")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    root = Path(tempfile.mkdtemp(prefix="mup2-pg-"))  # outside pytest's root-only tmp tree
-    data = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        subprocess.run(["chown", "-R", "postgres", str(root)], check=True)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "mup2"],
-                   check=True, capture_output=True)  # fmt: skip
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    opts = f"-h 127.0.0.1 -p {port} -k {root}"
-    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-o", opts, "-w",
-                    "-l", str(root / "log"), "start"], check=True, capture_output=True)  # fmt: skip
-    try:
-        yield f"postgresql+psycopg2://mup2@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True)  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_workers_on_postgresql(postgres: str) -> None:
