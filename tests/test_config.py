@@ -147,6 +147,11 @@ def test_unknown_keys_are_named(change: dict[str, Any], key: str) -> None:
         ({"data.noise": float("inf")}, "data.noise: Input should be a finite number"),
         ({"data.label_noise": 1.0}, "data.label_noise: Input should be less than 1"),
         ({"precision": "fp8"}, "precision: Input should be 'fp32', 'bf16' or 'fp16'"),
+        ({"loss": "mae"}, "loss: Input should be 'cross-entropy' or 'mse'"),
+        (
+            {"sam.rule": "sam-readout", "sam.scaling": "mup2-coupled"},
+            "sam.scaling: scaling 'mup2-coupled' is defined only for rules 'sam' and 'sam-on'",
+        ),
     ],
 )
 def test_bad_values_are_named(change: dict[str, Any], key: str) -> None:
@@ -179,3 +184,14 @@ def test_config_is_frozen() -> None:
     with pytest.raises(Exception, match="frozen"):
         c.epochs = 3  # type: ignore[misc]
     assert isinstance(c, TrainConfig)
+
+
+@pytest.mark.parametrize("scaling", ["naive", "global", "mup2"])
+@pytest.mark.parametrize("loss", ["cross-entropy", "mse"])
+def test_the_controls_of_issue_26_validate(scaling: str, loss: str) -> None:
+    """``sam.rule = "sam-readout"`` under naive, global and μP² scaling, and ``loss``, which
+    defaults to cross-entropy and round-trips."""
+    cfg = parse_config(_with({"sam.rule": "sam-readout", "sam.scaling": scaling, "loss": loss}))
+    assert (cfg.sam.rule, cfg.sam.sam_rule("sgd"), cfg.loss) == ("sam-readout",) * 2 + (loss,)
+    assert parse_config(cfg.to_dict()) == cfg
+    assert parse_config(BASE).loss == "cross-entropy"

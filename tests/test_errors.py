@@ -368,6 +368,12 @@ CASES = [
     ),
     Case(
         "config",
+        "`loss = 'mae'`",
+        lambda d: _train(d, loss="mae"),
+        "loss: Input should be 'cross-entropy' or 'mse'",
+    ),
+    Case(
+        "config",
         "`inf` in a grid",
         lambda d: _sweep(d, grid=GRID | {"rho": [0.0, INF]}),
         "grid.rho.1: .*finite",
@@ -500,6 +506,11 @@ OPTIMIZERS = [
         "betas must be finite",
     ),
     ("`AdaGradNorm(lr=inf)`", lambda p: mup2.AdaGradNorm(p, lr=INF), "lr must be finite"),
+    (
+        "`SAM(params, rule='sam-readout')` on plain params",
+        lambda p: mup2.SAM(p, lr=0.1, rule="sam-readout"),
+        "rule 'sam-readout' perturbs tensors by their role",
+    ),
 ]
 
 

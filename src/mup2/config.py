@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from mup2.errors import UserError
+from mup2.losses import Loss
 from mup2.models.registry import base_width as _default_base_width
 from mup2.optim.families import FAMILIES, get_family
 from mup2.optim.rules import get_rule
@@ -250,10 +251,11 @@ class SAMConfig(Section):
 
     ``rule = "lightsam"``: :class:`mup2.LightSAM` with the optimizer's adaptive step size in the
     ascent too (``adamw``: Adam, ``adagrad``, ``adagrad-norm``); ``bias_correction`` and
-    ``ascent_beta1`` are its Adam-ascent options."""
+    ``ascent_beta1`` are its Adam-ascent options. ``rule = "sam-readout"``: SAM on the readout
+    alone (its weight and bias), the control of the mechanism (``docs/sam.md``)."""
 
     rho: NonNegativeFloat = 0.0
-    rule: Literal["sam", "asam", "asam-layerwise", "sam-on", "lightsam"] = "sam"
+    rule: Literal["sam", "asam", "asam-layerwise", "sam-on", "sam-readout", "lightsam"] = "sam"
     scaling: Literal["naive", "global", "mup2", "mup2-coupled"] = "mup2"
     eta: NonNegativeFloat = 0.01
     bias_correction: bool = True
@@ -314,7 +316,12 @@ class TrainConfig(Section):
 
     ``precision``: ``fp32``; ``bf16`` (forward and backward under bf16 autocast, CPU or CUDA);
     ``fp16`` (fp16 autocast with a gradient scaler, meant for CUDA). Weights, gradients,
-    optimizer state and the perturbation stay fp32 in every case (:mod:`mup2.precision`)."""
+    optimizer state and the perturbation stay fp32 in every case (:mod:`mup2.precision`).
+
+    ``loss``: ``cross-entropy``, or ``mse`` (half the squared distance of the logits to the
+    one-hot label, summed over classes, :func:`mup2.losses.per_example_loss`); both train with
+    ``label_smoothing`` (MSE: toward the smoothed one-hot target) and report the test loss with
+    the same loss, without smoothing."""
 
     model: ModelConfig
     data: DataConfig
@@ -322,6 +329,7 @@ class TrainConfig(Section):
     scheme: Literal["sp", "mup-sgd", "mup-adam"] = "mup-sgd"
     sam: SAMConfig = Field(default_factory=SAMConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    loss: Loss = "cross-entropy"
     epochs: PositiveInt
     batch_size: PositiveInt = 128
     eval_batch_size: PositiveInt = 1000

@@ -51,12 +51,14 @@ from mup2.data import (
     with_label_noise,
 )
 from mup2.errors import UserError
+from mup2.losses import mean_loss, sum_loss
 from mup2.models.registry import build_model
 from mup2.optim.families import get_family
 from mup2.optim.lightsam import LightSAM, Variant
 from mup2.optim.rules import get_rule
 from mup2.optim.sam import SAM
 from mup2.parametrization.parametrize import Parametrization
+from mup2.parametrization.shapes import role_overrides
 from mup2.precision import autocast, grad_scaler
 
 __all__ = [
@@ -93,6 +95,9 @@ _CHECKPOINT_KEYS = (
 )
 #: Keys that may differ between a checkpoint's config and the resuming one.
 _RESUME_FREE = frozenset({"epochs", "device", "progress", "checkpoint"})
+#: Keys added to the config since checkpoints were first written, with the value a checkpoint
+#: that lacks one was trained with.
+_ADDED_KEYS: dict[str, Any] = {"loss": "cross-entropy"}
 
 
 class ResumeError(UserError, ValueError):
@@ -103,7 +108,8 @@ class ResumeError(UserError, ValueError):
 class EpochMetrics:
     """One epoch (1-based). Train loss/accuracy: means over the epoch's batches at the
     unperturbed point in train mode (the loss includes label smoothing); test: the whole test
-    split in eval mode, plain cross-entropy. ``lr``: the base LR after the epoch's last step."""
+    split in eval mode, the config's ``loss`` without label smoothing. ``lr``: the base LR after
+    the epoch's last step."""
 
     epoch: int
     train_loss: float
@@ -189,15 +195,26 @@ def make_model(
     config: TrainConfig, input_shape: tuple[int, ...], num_classes: int
 ) -> tuple[nn.Module, Parametrization]:
     """The model (initialized under ``config.scheme`` from ``config.seed``, on the CPU) and its
-    parametrization against the base width (built on the ``meta`` device)."""
+    parametrization against the base width (built on the ``meta`` device). At the base width,
+    where the shapes tell no roles, a SAM rule that perturbs by role gets each tensor's role from
+    the model at twice the width (:func:`mup2.parametrization.shapes.role_overrides`)."""
     m = config.model
     kwargs = m.kwargs(config.scheme)
     model = build_model(m.name, m.width, input_shape=input_shape, num_classes=num_classes, **kwargs)
+    by_role = get_rule(config.sam.sam_rule(config.optimizer.name)).roles is not None
+    overrides = None
     with torch.device("meta"):
         base = build_model(
             m.name, config.base_width, input_shape=input_shape, num_classes=num_classes, **kwargs
         )
-    p = Parametrization.infer(model, base, config.scheme, wd_policy=config.optimizer.wd_policy)
+        if by_role and m.width == config.base_width:
+            wider = build_model(
+                m.name, 2 * m.width, input_shape=input_shape, num_classes=num_classes, **kwargs
+            )
+            overrides = role_overrides(model, wider)
+    p = Parametrization.infer(
+        model, base, config.scheme, overrides=overrides, wd_policy=config.optimizer.wd_policy
+    )
     p.init_(model, seed=config.seed)
     return model, p
 
@@ -390,9 +407,7 @@ class _Run:
                 opt.zero_grad(set_to_none=True)
                 with autocast(cfg.precision, self.device):
                     logits = model(x)
-                    loss = nn.functional.cross_entropy(
-                        logits.float(), y, label_smoothing=cfg.label_smoothing
-                    )
+                    loss = mean_loss(logits.float(), y, cfg.loss, cfg.label_smoothing)
                 torch.autograd.backward(loss if scaler is None else scaler.scale(loss))
                 if not first:  # the first pass is at the unperturbed point
                     first.append(logits.detach())
@@ -421,7 +436,7 @@ class _Run:
         for x, y in self.test_loader.epoch():
             with autocast(self.cfg.precision, self.device):
                 logits = self.model(x).float()
-            loss += nn.functional.cross_entropy(logits, y, reduction="sum")
+            loss += sum_loss(logits, y, self.cfg.loss)
             correct += (logits.argmax(1) == y).sum()
         n = self.test_loader.num_examples
         return float(loss) / n, int(correct) / n
@@ -505,7 +520,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, done: int, run_dir: Path) -> None:
-    old, new = _flatten(saved), _flatten(cfg.to_dict())
+    old, new = _ADDED_KEYS | _flatten(saved), _flatten(cfg.to_dict())
     keys = (old.keys() | new.keys()) - _RESUME_FREE
     differ = sorted(k for k in keys if old.get(k) != new.get(k))
     if differ:

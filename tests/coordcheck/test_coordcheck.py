@@ -103,6 +103,25 @@ def test_records_and_tables(sam_mlp: dict[str, CoordCheck], tmp_path: Path) -> N
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_readout_rule_perturbs_the_head_alone() -> None:
+    """``sam-readout`` perturbs the head alone at every width, the base width included (where
+    the roles come from another width). Naive, it grows like SAM's naive row (+0.5, what μP-naive
+    SAM tends to); its μP² row is Θ(1) (the ``mup-readout`` control, docs/sam.md)."""
+    x, y = _batch()
+    factory = partial(MLP, depth=3, in_features=32)
+    results = table1(factory, WIDTHS, x, y, rules=("sam-readout",), scalings=("naive", "mup2"))
+    by = {r.scaling: r for r in results}
+    for r in results:
+        for layer in (LAYERS["input"], LAYERS["hidden"]):
+            for quantity in ("effective_perturbation", "total_perturbation"):
+                assert all(v == 0.0 for v in r.values[(0, layer, quantity)]), (layer, quantity)
+        assert all(v > 0.0 for v in r.values[(0, "head", "effective_perturbation")])
+    assert by["naive"].slope("head", "effective_perturbation") >= 0.3
+    assert abs(by["mup2"].slope("head", "effective_perturbation")) <= 0.2
+    table = format_table1(results).splitlines()
+    assert table[2].startswith("| readout-only SAM | naive | not perturbed | not perturbed | yes")
+
+
 def test_rule_variants_under_mup2() -> None:
     """SAM-ON perturbs only norm layers; every rule's μP² row perturbs every layer it touches."""
     x, y = _batch()

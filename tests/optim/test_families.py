@@ -188,13 +188,14 @@ def test_sweep_scheme_of_agrees_with_the_registry(optimizer: str) -> None:
             "grid": {"widths": [16, 32], "lr": [0.1], "rho": [0.0, 0.05]},
         }
     )
-    for name, (kind, scaling) in PARAMETRIZATIONS.items():
+    for name, (kind, scaling, rule) in PARAMETRIZATIONS.items():
         want = "sp" if kind == "sp" else scheme
         assert scheme_of(cfg, name) == want
         # the trial's config validates with that scheme
         trial = trial_config(cfg, GridPoint(name, 32, 0.1, 0.05, 0))
-        assert (trial.scheme, trial.sam.scaling, trial.optimizer.name) == (
+        assert (trial.scheme, trial.sam.scaling, trial.sam.rule, trial.optimizer.name) == (
             want,
             scaling,
+            rule or cfg.train.sam.rule,
             optimizer,
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mup2.optim.rules import LIGHTSAM_RULES, RULES, SCALINGS, Factor, get_rule
+from mup2.optim.rules import LIGHTSAM_RULES, READOUT_ROLES, RULES, SCALINGS, Factor, get_rule
 from mup2.roles import Role
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "mup2"
@@ -22,7 +22,7 @@ _FANS = {
 
 
 def test_the_table_partitions_into_sam_and_lightsam_rules() -> None:
-    assert RULES == ("sam", "asam", "asam-layerwise", "sam-on")
+    assert RULES == ("sam", "asam", "asam-layerwise", "sam-on", "sam-readout")
     assert LIGHTSAM_RULES == ("lightsam-adagrad-norm", "lightsam-adagrad", "lightsam-adam")
     assert all(get_rule(r).lightsam is None for r in RULES)
     assert [get_rule(r).lightsam for r in LIGHTSAM_RULES] == ["adagrad-norm", "adagrad", "adam"]
@@ -35,10 +35,12 @@ def test_factors_and_what_each_rule_perturbs() -> None:
     assert get_rule("asam").factor is Factor.ELEMENTWISE
     assert get_rule("asam-layerwise").factor is Factor.LAYERWISE
     assert {get_rule(r).factor for r in LIGHTSAM_RULES} == {Factor.ADAPTIVE}
-    assert [get_rule(r).bucketed for r in RULES] == [True, True, False, True]
+    assert [get_rule(r).bucketed for r in RULES] == [True, True, False, True, True]
     sam_on = get_rule("sam-on")
-    assert sam_on.perturbs(norm=True) and not sam_on.perturbs(norm=False)
-    assert get_rule("sam").perturbs(norm=False) and get_rule("sam").perturbs(norm=True)
+    for role in Role:
+        assert sam_on.perturbs(True, role) and not sam_on.perturbs(False, role)
+        assert get_rule("sam").perturbs(False, role) and get_rule("sam").perturbs(True, role)
+    assert all(get_rule(r).roles is None for r in (*RULES, *LIGHTSAM_RULES) if r != "sam-readout")
     assert get_rule("asam").offset_scales == {"mup2"}
     assert all(not get_rule(r).offset_scales for r in RULES if r != "asam")
 
@@ -88,6 +90,23 @@ def test_lookup_errors_name_the_choices() -> None:
     with pytest.raises(ValueError, match="defined only for rules 'sam' and 'sam-on', not 'asam'"):
         get_rule("asam").scaling("mup2-coupled")
     assert get_rule(get_rule("sam")) is get_rule("sam")
+
+
+def test_the_readout_rule_perturbs_output_and_scalar_like_tensors_alone() -> None:
+    """``sam-readout``: SAM (factor 1, bucketed) on the readout's weight (output-like) and bias
+    (scalar-like), normalization flag or not; SAM's rows under naive, global and μP² scaling."""
+    readout = get_rule("sam-readout")
+    assert readout.roles == READOUT_ROLES == {Role.OUTPUT, Role.SCALAR}
+    assert readout.factor is Factor.ONE and readout.bucketed and readout.lightsam is None
+    assert not readout.norm_only and not readout.offset_scales
+    for norm in (False, True):
+        assert [readout.perturbs(norm, role) for role in Role] == [False, False, True, True]
+        assert readout.perturbs(norm, "output") and not readout.perturbs(norm, "hidden")
+    assert set(readout.scalings) == {"naive", "global", "mup2"}
+    for scaling in readout.scalings:
+        assert readout.scaling(scaling) == get_rule("sam").scaling(scaling)
+    with pytest.raises(ValueError, match="'mup2-coupled' is defined only for rules 'sam' and"):
+        readout.scaling("mup2-coupled")
 
 
 _NAMES = "|".join(re.escape(n) for n in (*RULES, *LIGHTSAM_RULES, "lightsam"))

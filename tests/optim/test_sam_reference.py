@@ -1,4 +1,5 @@
-"""Every rule x scaling against a float64 reference written directly from the math note (§3, §4)."""
+"""Every rule x scaling against a float64 reference written directly from the math note (§3, §4);
+the readout-only rule against SAM restricted to the readout."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 from mup2 import RULES, SAM, SCALINGS, Parametrization
+from mup2.optim.rules import get_rule
+from mup2.parametrization.shapes import role_overrides
 
 from nets import mlp
 
@@ -30,7 +33,7 @@ def factors(rule: str, scaling: str, role: str, r: float, m: float) -> tuple[flo
         return m**-0.5, 1.0
     if scaling == "mup2-coupled":
         return r, r * r / m
-    if rule in ("sam", "sam-on"):
+    if rule in ("sam", "sam-on", "sam-readout"):
         return r, r
     if rule == "asam":  # as measured by the coordinate check (docs/table1.md)
         k = 1.0 if role == "scalar" else m
@@ -47,6 +50,8 @@ def reference_eps(groups: list[dict[str, Any]], rule: str, scaling: str) -> dict
         for p in g["params"]:
             if rho == 0 or p.grad is None or (rule == "sam-on" and not g["norm"]):
                 continue
+            if rule == "sam-readout" and g["role"] not in ("output", "scalar"):
+                continue
             w, grad = p.detach(), p.grad.detach()
             if rule == "asam":  # under μP², the offset scales like the tensor's entries
                 a = w.abs() + ETA * (g["weight_scale"] if scaling == "mup2" else 1.0)
@@ -61,11 +66,10 @@ def reference_eps(groups: list[dict[str, Any]], rule: str, scaling: str) -> dict
 
 
 COMBOS = [
-    (rule, scaling)
-    for rule in RULES
-    for scaling in SCALINGS
-    if not (scaling == "mup2-coupled" and rule.startswith("asam"))
+    (rule, scaling) for rule in RULES for scaling in SCALINGS if scaling in get_rule(rule).scalings
 ]
+#: The tensors each rule perturbs in ``mlp(48, norm=True)`` (every one if not listed).
+ONLY = {"sam-on": {"3.weight", "3.bias"}, "sam-readout": {"5.weight", "5.bias"}}
 
 
 @pytest.mark.parametrize(("rule", "scaling"), COMBOS)
@@ -86,13 +90,18 @@ def test_perturbation_matches_float64_reference(rule: str, scaling: str, restore
     before = {id(q): q.detach().clone() for q in model.parameters()}
     expected = reference_eps(opt.param_groups, rule, scaling)
     opt.first_step()
-    moved = 0
-    for q in model.parameters():
+    moved = set()
+    for name, q in model.named_parameters():
         eps = q.detach() - before[id(q)]
         ref = expected.get(id(q), torch.zeros_like(eps))
         assert torch.allclose(eps, ref, rtol=1e-9, atol=1e-15), (rule, scaling)
-        moved += int(id(q) in expected)
-    assert moved == (2 if rule == "sam-on" else len(before))  # sam-on: the LayerNorm only
+        if id(q) in expected:
+            moved.add(name)
+            assert eps.abs().max() > 0, name
+        else:
+            assert torch.equal(q.detach(), before[id(q)]), name
+    # sam-on: the LayerNorm alone; sam-readout: the readout's weight and bias alone
+    assert moved == ONLY.get(rule, {n for n, _ in model.named_parameters()})
     opt.unperturb()
     for q in model.parameters():
         if restore != "subtract":
@@ -103,26 +112,33 @@ def test_perturbation_matches_float64_reference(rule: str, scaling: str, restore
 
 @pytest.mark.parametrize("rule", RULES)
 def test_mup2_equals_plain_sam_at_base_width(rule: str) -> None:
-    """At m = 1 every μP² factor is 1: the step equals SAM on plain parameters exactly."""
+    """At m = 1 every μP² factor is 1: the step equals SAM on plain parameters exactly (for the
+    readout-only rule: plain SAM with ρ = 0 on every other tensor). The model is its own base,
+    so its roles come from another width, as the trainer does for a rule that perturbs by role."""
     torch.manual_seed(0)
     model = mlp(16, norm=True)
-    p = Parametrization.infer(model, mlp(16, norm=True), "mup-sgd")
+    roles = role_overrides(model, mlp(32, norm=True))
+    p = Parametrization.infer(model, mlp(16, norm=True), "mup-sgd", overrides=roles)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(8, 12), torch.randint(0, 5, (8,))
+    coupled = "mup2-coupled" if "mup2-coupled" in get_rule(rule).scalings else "mup2"
+    plain: list[dict[str, Any]] = [
+        {"params": list(model[3].parameters()), "norm": True},
+        {"params": [q for i in (0, 2, 5) for q in model[i].parameters()]},
+    ]
+    plain_rule = rule
+    if rule == "sam-readout":  # plain groups carry no roles: restrict plain SAM by ρ instead
+        others = [q for i in (0, 2, 3) for q in model[i].parameters()]
+        plain = [{"params": list(model[5].parameters())}, {"params": others, "rho": 0.0}]
+        plain_rule = "sam"
     finals = []
-    for groups, scaling in (
-        (p.param_groups(model, lr=0.1), "mup2"),
-        (p.param_groups(model, lr=0.1), "mup2-coupled" if not rule.startswith("asam") else "mup2"),
-        (
-            [
-                {"params": list(model[3].parameters()), "norm": True},
-                {"params": [q for i in (0, 2, 5) for q in model[i].parameters()]},
-            ],
-            "naive",
-        ),
+    for groups, scaling, rule_ in (
+        (p.param_groups(model, lr=0.1), "mup2", rule),
+        (p.param_groups(model, lr=0.1), coupled, rule),
+        (plain, "naive", plain_rule),
     ):
         model.load_state_dict(state)
-        opt = SAM(groups, torch.optim.SGD, lr=0.1, rho=0.1, rule=rule, scaling=scaling)
+        opt = SAM(groups, torch.optim.SGD, lr=0.1, rho=0.1, rule=rule_, scaling=scaling)
         for _ in range(3):
 
             def closure(opt: SAM = opt) -> torch.Tensor:
@@ -136,6 +152,61 @@ def test_mup2_equals_plain_sam_at_base_width(rule: str) -> None:
     for other in finals[1:]:
         for a, b in zip(finals[0], other, strict=True):
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("scheme", ["sp", "mup-sgd"])
+@pytest.mark.parametrize("scaling", sorted(get_rule("sam-readout").scalings))
+def test_readout_rule_is_sam_restricted_to_the_readout(scheme: str, scaling: str) -> None:
+    """At 4x the base width, ``sam-readout`` under each scaling trains exactly as ``sam`` under
+    that scaling with ρ = 0 on every tensor but the readout's weight and bias (float64, 5 steps,
+    momentum and weight decay): the same perturbation and the same norm."""
+    torch.manual_seed(0)
+    model = mlp(48, norm=True)
+    p = Parametrization.infer(model, mlp(12, norm=True), scheme)
+    p.init_(model, seed=3)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(32, 12), torch.randint(0, 5, (32,))
+    finals, losses = [], []
+    for rule in ("sam-readout", "sam"):
+        model.load_state_dict(state)
+        groups = p.param_groups(model, lr=0.1, weight_decay=1e-3)
+        if rule == "sam":
+            for g in groups:
+                if g["role"] not in ("output", "scalar"):
+                    g["rho"] = 0.0
+        opt = SAM(groups, torch.optim.SGD, rho=0.2, rule=rule, scaling=scaling, momentum=0.9)
+        seen = []
+        for _ in range(5):
+
+            def closure(opt: SAM = opt) -> torch.Tensor:
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+
+            seen.append(float(opt.step(closure)))  # type: ignore[arg-type]
+        plan = opt.perturbation_plan()
+        names = {id(q): n for n, q in model.named_parameters()}
+        assert {names[id(q)] for q in plan.params} == {"5.weight", "5.bias"}
+        finals.append([q.detach().clone() for q in model.parameters()])
+        losses.append(seen)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12, abs=0)
+    for a, b in zip(*finals, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_readout_rule_needs_roles() -> None:
+    """Plain params carry no role (SAM would take them all as scalar-like): refused."""
+    model = mlp(16)
+    with pytest.raises(ValueError, match="rule 'sam-readout' perturbs tensors by their role"):
+        SAM(model.parameters(), lr=0.1, rule="sam-readout")
+    groups = Parametrization.infer(model, mlp(8), "mup-sgd").param_groups(model, lr=0.1)
+    hidden = [g for g in groups if g["role"] in ("input", "hidden")]
+    with pytest.raises(ValueError, match="perturbs only output and scalar-like tensors"):
+        SAM([dict(g) for g in hidden], rule="sam-readout")
+    opt = SAM(hidden, rule="sam")
+    with pytest.raises(ValueError, match="a param group has no 'role'"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "rule": "sam-readout"})
 
 
 def test_groups_with_their_own_rule_scaling_and_eta_share_one_norm() -> None:

@@ -46,7 +46,7 @@ from mup2.optim.rules import get_rule
 from mup2.optim.sam import SAM
 from mup2.parametrization.parametrize import Override, Parametrization
 from mup2.parametrization.schemes import MUP_SGD, Scheme, get_scheme
-from mup2.parametrization.shapes import BaseSpec, is_norm, normalize_name
+from mup2.parametrization.shapes import BaseSpec, is_norm, normalize_name, role_overrides
 from mup2.roles import Role
 
 __all__ = [
@@ -617,6 +617,9 @@ def coord_check(
     inputs, targets = inputs.detach(), targets.detach()
     if inputs.is_floating_point():
         inputs = inputs.to(dtype)
+    # at the base width the shapes tell no roles: a rule that perturbs by role gets them from
+    # another width (mup2.parametrization.shapes.role_overrides)
+    by_role = optimizer is None and get_rule(rule).roles is not None
     sums: dict[tuple[int, str, str], list[float]] = {}
     layers: tuple[Layer, ...] = ()
     cuda = [inputs.device.index or 0] if inputs.device.type == "cuda" else []
@@ -627,9 +630,11 @@ def coord_check(
             for seed in seeds:
                 torch.manual_seed(seed)
                 model = factory(width).to(dtype)
-                p = Parametrization.infer(
-                    model, base, sch, overrides=overrides, attention=attention
-                )
+                over = overrides
+                if by_role and width == base_w:
+                    other = _base_model(factory, ws[-1] if ws[-1] != base_w else ws[0])
+                    over = {**role_overrides(model, other), **(overrides or {})}
+                p = Parametrization.infer(model, base, sch, overrides=over, attention=attention)
                 p.init_(model, seed=seed)
                 modules = _param_modules(model)
                 if width == ws[-1] and not layers:

@@ -4,9 +4,10 @@ Every rule is an instance of the one perturbation formula (``docs/math.md`` §3-
 
     eps_W = rho_W**2 * c_W * A_W**2 * g_W / sqrt(sum_V rho_V**2 * s_V * ||A_V * g_V||**2)
 
-A rule fixes the factor ``A`` (:class:`Factor`), which tensors it perturbs and, per perturbation
-scaling (``naive``, ``global``, ``mup2``, ``mup2-coupled``), the width factors ``c`` and ``s``
-as :class:`mup2.roles.Power` per role. LightSAM's rules replace ``A`` by an adaptive ascent
+A rule fixes the factor ``A`` (:class:`Factor`), which tensors it perturbs (by their
+normalization flag and their :class:`mup2.roles.Role`) and, per perturbation scaling (``naive``,
+``global``, ``mup2``, ``mup2-coupled``), the width factors ``c`` and ``s`` as
+:class:`mup2.roles.Power` per role. LightSAM's rules replace ``A`` by an adaptive ascent
 (:mod:`mup2.optim.lightsam`) and use only ``c``.
 """
 
@@ -15,11 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 from mup2.roles import Power, Role
 
 __all__ = [
     "LIGHTSAM_RULES",
+    "READOUT_ROLES",
     "RULES",
     "SCALINGS",
     "Factor",
@@ -29,6 +32,11 @@ __all__ = [
 ]
 
 SCALINGS = ("naive", "global", "mup2", "mup2-coupled")
+
+#: The roles of the readout's tensors: its weight is output-like (fan_in grows) and its bias
+#: scalar-like (its size is the number of classes). Together they are the tensors whose fan_out
+#: does not grow with width; a readout tied to an embedding is input-like and not among them.
+READOUT_ROLES: Final = frozenset({Role.OUTPUT, Role.SCALAR})
 
 
 class Factor(StrEnum):
@@ -52,7 +60,10 @@ class PerturbScaling:
 class Rule:
     """One SAM rule.
 
-    ``norm_only``: only tensors of normalization layers are perturbed (SAM-ON).
+    ``norm_only``: only tensors of normalization layers are perturbed (SAM-ON). ``roles``: only
+    tensors of these roles are perturbed (``None``: every role); the others are left out of the
+    perturbation and of its norm, as a group with ``rho = 0`` is. Such a rule needs param groups
+    that carry their ``role`` (:meth:`mup2.Parametrization.param_groups`).
     ``offset_scales``: the scalings under which each tensor's offset ``eta`` is multiplied by
     its group's ``weight_scale`` (how its entries scale with width), so that ``|W| + eta`` keeps
     its meaning at every width. ``bucketed``: the scale ``k_W`` of ``eps_W = k_W d_W`` is
@@ -67,6 +78,7 @@ class Rule:
     factor: Factor
     scalings: Mapping[str, PerturbScaling]
     norm_only: bool = False
+    roles: frozenset[Role] | None = None
     offset_scales: frozenset[str] = frozenset()
     lightsam: str | None = None
 
@@ -74,9 +86,9 @@ class Rule:
     def bucketed(self) -> bool:
         return self.factor is not Factor.LAYERWISE
 
-    def perturbs(self, norm: bool) -> bool:
-        """Whether a tensor (``norm``: of a normalization layer) is perturbed."""
-        return norm or not self.norm_only
+    def perturbs(self, norm: bool, role: Role | str) -> bool:
+        """Whether a tensor of ``role`` (``norm``: of a normalization layer) is perturbed."""
+        return (norm or not self.norm_only) and (self.roles is None or Role(role) in self.roles)
 
     def scaling(self, name: str) -> PerturbScaling:
         """The width factors under perturbation scaling ``name``."""
@@ -153,6 +165,17 @@ _TABLE: dict[str, Rule] = {
             Factor.ONE,
             {**_BASIC, "mup2": _LAYERWISE_R, "mup2-coupled": _COUPLED},
             norm_only=True,
+        ),
+        # The control of the mechanism (docs/sam.md): under SP-naive, as width grows, SAM's
+        # perturbation concentrates on the readout; this rule perturbs the readout alone at every
+        # width. Its mup2 row is SAM's restricted to the readout: each of its tensors' effective
+        # perturbation is then Θ(1) at every width, as under μP² (docs/table1.md).
+        Rule(
+            "sam-readout",
+            "readout-only SAM",
+            Factor.ONE,
+            {**_BASIC, "mup2": _LAYERWISE_R},
+            roles=READOUT_ROLES,
         ),
         Rule(
             "lightsam-adagrad-norm",

@@ -265,8 +265,24 @@ class SAM(torch.optim.Optimizer):
                 "some, e.g. MLP(width, norm='layer')), or its groups lack the metadata (build "
                 "them with mup2.Parametrization.infer(...).param_groups(model))"
             )
+        by_role = [g for g in self.param_groups if get_rule(g["rule"]).roles is not None]
+        perturbed = (get_rule(g["rule"]).perturbs(g["norm"], g["role"]) for g in by_role)
+        if by_role and not any(perturbed):
+            rule = get_rule(by_role[0]["rule"])
+            raise ValueError(
+                f"rule {rule.name!r} perturbs only {' and '.join(sorted(rule.roles or ()))}-like "
+                "tensors, and no param group of that rule has one (a readout tied to an "
+                "embedding is input-like: override its role, or use another rule)"
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        rule = get_rule(param_group.get("rule", self.defaults["rule"]))
+        if rule.roles is not None and "role" not in param_group:  # before defaults fill it in
+            raise ValueError(
+                f"rule {rule.name!r} perturbs tensors by their role "
+                f"({', '.join(sorted(r.value for r in rule.roles))}), and a param group has no "
+                "'role': build the groups with mup2.Parametrization.infer(...).param_groups(model)"
+            )
         super().add_param_group(param_group)
         if self._base is not None:  # after construction: keep the base optimizer in step
             group = self.param_groups.pop()
@@ -292,7 +308,7 @@ class SAM(torch.optim.Optimizer):
             for g in self.param_groups:
                 rule = get_rule(g["rule"])
                 rho = g["rho"] * g["rho_mult"]
-                if rho == 0.0 or not rule.perturbs(g["norm"]):
+                if rho == 0.0 or not rule.perturbs(g["norm"], g["role"]):
                     continue
                 role, n = Role(g["role"]), len(g["params"])
                 table = rule.scaling(g["scaling"])
@@ -427,7 +443,7 @@ class SAM(torch.optim.Optimizer):
         """Whether a step perturbs anything (some group has ``rho > 0`` and tensors its rule
         perturbs); if not, a step is exactly the base optimizer's on the first gradients."""
         return any(
-            g["rho"] * g["rho_mult"] > 0 and get_rule(g["rule"]).perturbs(g["norm"])
+            g["rho"] * g["rho_mult"] > 0 and get_rule(g["rule"]).perturbs(g["norm"], g["role"])
             for g in self.param_groups
         )
 

@@ -440,7 +440,7 @@ class Parametrization:
                     "init_rule": spec.init.describe(),
                     "lr": f"x{spec.lr_mult:.3g}",
                     "wd": f"x{spec.wd_mult:.3g}",
-                    "rho": f"x{rho:.3g}" if rule_.perturbs(ts.norm) else "x0",
+                    "rho": f"x{rho:.3g}" if rule_.perturbs(ts.norm, ts.role) else "x0",
                     "norm": "yes" if ts.norm else "",
                 }
             )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -40,6 +41,7 @@ __all__ = [
     "named_parameters_with_owners",
     "normalize_name",
     "register_layout",
+    "role_overrides",
     "unwrap",
 ]
 
@@ -480,6 +482,22 @@ def infer_shapes(model: nn.Module, base: BaseSpec) -> dict[str, TensorShape]:
             )
             shapes[ts.name] = ts
     return shapes
+
+
+def role_overrides(model: nn.Module, other: BaseSpec) -> dict[str, str]:
+    """Overrides (:meth:`mup2.Parametrization.infer`) giving each tensor of ``model`` the role
+    it has as width changes, read from ``other``: the same architecture at another width.
+
+    A model that is its own base has no growing dimension, so :func:`infer_shapes` makes every
+    tensor scalar-like there. Where the roles matter at that width (a SAM rule that perturbs by
+    role, ``sam-readout``), these overrides restore them and change no multiplier: with nothing
+    growing, every role's is 1. Keys are the names escaped as fnmatch patterns."""
+    return {_escape(n): ts.role.value for n, ts in infer_shapes(model, other).items()}
+
+
+def _escape(name: str) -> str:
+    """``name`` as an fnmatch pattern that matches it alone."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def match_patterns(

@@ -122,11 +122,16 @@ def _grid(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _run(t: Any) -> Run:
-    params: Mapping[str, Any] = t.params
+    """A trial as a :class:`Run`. Its grid parameters are Optuna's, and where those lack one
+    (enqueued but not started: they wait in ``system_attrs``; or a parametrization outside
+    :data:`mup2.sweep.grid.RECORDED_PARAMETRIZATIONS`, never an Optuna parameter) the enqueued
+    point's, then the ``grid`` user attribute's."""
     attrs: Mapping[str, Any] = t.user_attrs
-    if not params:  # enqueued but not started: the fixed parameters wait in system_attrs
-        fixed = t.system_attrs.get("fixed_params", attrs.get("grid"))
-        params = fixed if isinstance(fixed, Mapping) else {}
+    params: dict[str, Any] = dict(t.params)
+    for point in (t.system_attrs.get("fixed_params"), attrs.get("grid")):
+        if isinstance(point, Mapping):
+            for k, v in point.items():
+                params.setdefault(str(k), v)
     status = attrs.get("status")
     return Run(
         number=int(t.number),

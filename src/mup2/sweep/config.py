@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     Field,
@@ -29,6 +29,7 @@ from mup2.config import ConfigError, Section, TrainConfig, parse_config, read_co
 __all__ = [
     "PARAMETRIZATIONS",
     "GridConfig",
+    "ParametrizationSpec",
     "SubGrid",
     "SweepConfig",
     "load_sweep_config",
@@ -37,16 +38,33 @@ __all__ = [
 
 _SQLITE = "sqlite:///"
 
-#: name -> (scheme family, perturbation scaling); ``mup`` is μP for the run's optimizer.
-PARAMETRIZATIONS: dict[str, tuple[Literal["sp", "mup"], str]] = {
-    "sp-naive": ("sp", "naive"),
-    "mup-naive": ("mup", "naive"),
-    "mup-global": ("mup", "global"),
-    "mup2": ("mup", "mup2"),
-    "sp-lp": ("sp", "mup2"),
+
+class ParametrizationSpec(NamedTuple):
+    """What a parametrization sets in a grid point's training config: the scheme ``family``
+    (``mup`` is μP for the run's optimizer), ``sam.scaling``, and ``sam.rule`` (``None``: the
+    rule of ``train``)."""
+
+    family: Literal["sp", "mup"]
+    scaling: str
+    rule: str | None = None
+
+
+#: name -> (scheme family, perturbation scaling, SAM rule). The readout-only controls perturb
+#: the readout alone (``docs/sam.md``): ``sp-readout`` with SP-naive's scaling (what SP-naive
+#: tends to as width grows), ``mup-readout`` with μP²'s (μP² with every other layer left out).
+PARAMETRIZATIONS: dict[str, ParametrizationSpec] = {
+    "sp-naive": ParametrizationSpec("sp", "naive"),
+    "mup-naive": ParametrizationSpec("mup", "naive"),
+    "mup-global": ParametrizationSpec("mup", "global"),
+    "mup2": ParametrizationSpec("mup", "mup2"),
+    "sp-lp": ParametrizationSpec("sp", "mup2"),
+    "sp-readout": ParametrizationSpec("sp", "naive", "sam-readout"),
+    "mup-readout": ParametrizationSpec("mup", "mup2", "sam-readout"),
 }
 
-Parametrization = Literal["sp-naive", "mup-naive", "mup-global", "mup2", "sp-lp"]
+Parametrization = Literal[
+    "sp-naive", "mup-naive", "mup-global", "mup2", "sp-lp", "sp-readout", "mup-readout"
+]
 DEFAULT_PARAMETRIZATIONS: tuple[Parametrization, ...] = ("sp-naive", "mup-global", "mup2")
 
 

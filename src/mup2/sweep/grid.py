@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mup2.config import ConfigError, TrainConfig, parse_config
 from mup2.optim.families import get_family
 from mup2.sweep.config import PARAMETRIZATIONS, GridConfig, SubGrid, SweepConfig
 
-__all__ = ["GRID_KEYS", "GridPoint", "expand", "scheme_of", "trial_config"]
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = [
+    "GRID_KEYS",
+    "RECORDED_PARAMETRIZATIONS",
+    "GridPoint",
+    "expand",
+    "scheme_of",
+    "suggest_parametrization",
+    "trial_config",
+]
+
+#: The choices of the ``parametrization`` parameter Optuna records for a trial, frozen as the
+#: first stores were made: Optuna refuses a categorical parameter whose choices change within a
+#: study (``CategoricalDistribution does not support dynamic value space``), so a name added to
+#: :data:`PARAMETRIZATIONS` since is not an Optuna parameter. Every trial carries its point,
+#: name included, in its ``grid`` user attribute, which :func:`mup2.report.load_sweep` reads.
+RECORDED_PARAMETRIZATIONS = ("sp-naive", "mup-naive", "mup-global", "mup2", "sp-lp")
 
 
 @dataclass(frozen=True, order=True)
@@ -34,8 +52,7 @@ GRID_KEYS: tuple[str, ...] = tuple(f.name for f in fields(GridPoint))
 
 def scheme_of(cfg: SweepConfig, parametrization: str) -> str:
     """The scheme (``sp``, ``mup-sgd``, ``mup-adam``) a parametrization trains with."""
-    family, _ = PARAMETRIZATIONS[parametrization]
-    if family == "sp":
+    if PARAMETRIZATIONS[parametrization].family == "sp":
         return "sp"
     return get_family(cfg.train.optimizer.name).scheme
 
@@ -65,14 +82,27 @@ def expand(cfg: SweepConfig) -> list[GridPoint]:
     return list(points)
 
 
+def suggest_parametrization(trial: optuna.Trial, name: str) -> str:
+    """Record ``name`` as the trial's ``parametrization`` parameter when it is one of
+    :data:`RECORDED_PARAMETRIZATIONS` (a categorical over exactly those, so that every store
+    stays compatible), and return it; newer names are left to the ``grid`` user attribute."""
+    if name in RECORDED_PARAMETRIZATIONS:
+        return str(trial.suggest_categorical("parametrization", list(RECORDED_PARAMETRIZATIONS)))
+    return name
+
+
 def trial_config(cfg: SweepConfig, point: GridPoint) -> TrainConfig:
-    """``cfg.train`` with the point's width, LR, ρ, seed, scheme and scaling (no progress bar,
-    no checkpoints: a trial that dies is rerun whole)."""
+    """``cfg.train`` with the point's width, LR, ρ, seed, scheme, scaling and (for a
+    parametrization that names one) SAM rule; no progress bar, no checkpoints: a trial that dies
+    is rerun whole."""
     d = cfg.train.to_dict()
     d["model"]["width"] = point.width
     d["optimizer"]["lr"] = point.lr
     d["sam"]["rho"] = point.rho
-    d["sam"]["scaling"] = PARAMETRIZATIONS[point.parametrization][1]
+    spec = PARAMETRIZATIONS[point.parametrization]
+    d["sam"]["scaling"] = spec.scaling
+    if spec.rule is not None:
+        d["sam"]["rule"] = spec.rule
     d["scheme"] = scheme_of(cfg, point.parametrization)
     d.update(seed=point.seed, progress=False, checkpoint=False)
     try:
