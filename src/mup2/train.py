@@ -59,7 +59,7 @@ from mup2.optim.rules import get_rule
 from mup2.optim.sam import SAM
 from mup2.parametrization.parametrize import Parametrization
 from mup2.parametrization.shapes import role_overrides
-from mup2.precision import autocast, grad_scaler
+from mup2.precision import at_least_fp32, autocast, grad_scaler
 
 __all__ = [
     "CHECKPOINT",
@@ -192,14 +192,32 @@ def prepare_data(config: TrainConfig, data: DataSplits | None = None) -> DataSpl
 
 
 def make_model(
-    config: TrainConfig, input_shape: tuple[int, ...], num_classes: int
+    config: TrainConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    parametrization: Parametrization | None = None,
 ) -> tuple[nn.Module, Parametrization]:
     """The model (initialized under ``config.scheme`` from ``config.seed``, on the CPU) and its
     parametrization against the base width (built on the ``meta`` device). At the base width,
     where the shapes tell no roles, a SAM rule that perturbs by role gets each tensor's role from
-    the model at twice the width (:func:`mup2.parametrization.shapes.role_overrides`)."""
+    the model at twice the width (:func:`mup2.parametrization.shapes.role_overrides`).
+
+    ``parametrization``: the one this function returned for a config that differs from
+    ``config`` at most in ``seed``, LR and ``rho`` (inferring again would give the same one). It
+    is reused, and when it draws every tensor the model is allocated without PyTorch's default
+    init, which would be overwritten (a batched bundle builds many models of one width)."""
     m = config.model
     kwargs = m.kwargs(config.scheme)
+    if parametrization is not None:
+        draws_all = all(t.init.kind != "keep" for t in parametrization.tensors.values())
+        with torch.device("meta" if draws_all else "cpu"):
+            model = build_model(
+                m.name, m.width, input_shape=input_shape, num_classes=num_classes, **kwargs
+            )
+        if draws_all:
+            model = model.to_empty(device="cpu")
+        parametrization.init_(model, seed=config.seed)
+        return model, parametrization
     model = build_model(m.name, m.width, input_shape=input_shape, num_classes=num_classes, **kwargs)
     by_role = get_rule(config.sam.sam_rule(config.optimizer.name)).roles is not None
     overrides = None
@@ -407,7 +425,7 @@ class _Run:
                 opt.zero_grad(set_to_none=True)
                 with autocast(cfg.precision, self.device):
                     logits = model(x)
-                    loss = mean_loss(logits.float(), y, cfg.loss, cfg.label_smoothing)
+                    loss = mean_loss(at_least_fp32(logits), y, cfg.loss, cfg.label_smoothing)
                 torch.autograd.backward(loss if scaler is None else scaler.scale(loss))
                 if not first:  # the first pass is at the unperturbed point
                     first.append(logits.detach())
@@ -435,7 +453,7 @@ class _Run:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for x, y in self.test_loader.epoch():
             with autocast(self.cfg.precision, self.device):
-                logits = self.model(x).float()
+                logits = at_least_fp32(self.model(x))
             loss += sum_loss(logits, y, self.cfg.loss)
             correct += (logits.argmax(1) == y).sum()
         n = self.test_loader.num_examples

@@ -1,0 +1,191 @@
+"""``K`` models of one architecture as one stacked model, and their optimizer tables.
+
+Each parameter of the ``K`` models (built and initialized exactly as :func:`mup2.train` builds
+them, one per config) becomes one leaf tensor of shape ``(K, *shape)``; the forward pass is
+``torch.func.functional_call`` under ``torch.vmap``, so every product is one batched kernel.
+Configuration ``j`` sees only slice ``j``: nothing mixes configurations, so a NaN in one stays
+there.
+
+The per-configuration hyperparameters are ``(K, n)`` tensors over the ``n`` parameters, read
+from each config's own :class:`mup2.SAM` (built with :func:`mup2.train.make_optimizer` and then
+dropped): the LR multipliers and weight decays of its param groups, and its perturbation plan
+(``rho**2 c``, ``rho**2 s`` and the ASAM offsets, from :mod:`mup2.optim.rules`). A tensor that a
+configuration does not perturb has ``rho = 0`` in that configuration's row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mup2.batched.bundle import BatchError
+from mup2.config import TrainConfig
+from mup2.optim.rules import Factor
+from mup2.parametrization.parametrize import Parametrization
+from mup2.train import make_model, make_optimizer
+
+__all__ = ["PerturbTable", "StackedModel", "build_stack"]
+
+
+@dataclass(frozen=True)
+class PerturbTable:
+    """The perturbed parameters (indices into :attr:`StackedModel.names`) and, per
+    configuration, their ``rho**2 c``, ``rho**2 s`` and ASAM offset ``eta``: ``(K, m)``."""
+
+    index: list[int]
+    factors: list[Factor]
+    rho2c: Tensor
+    rho2s: Tensor
+    eta: Tensor
+
+
+@dataclass
+class StackedModel:
+    """``params[i]``: the stacked ``(K, *shape)`` leaf of parameter ``names[i]``; ``buffers``
+    likewise (constant buffers only). ``lr`` (base LR x LR multiplier) and ``weight_decay`` are
+    ``(K, n)``; ``module`` runs the forward pass of one slice."""
+
+    module: nn.Module
+    names: list[str]
+    params: list[Tensor]
+    buffers: dict[str, Tensor]
+    lr: Tensor
+    weight_decay: Tensor
+    momentum: float
+    dampening: float
+    nesterov: bool
+    perturb: PerturbTable
+
+    @property
+    def size(self) -> int:
+        """``K``, the number of configurations."""
+        return int(self.lr.shape[0])
+
+    def __call__(
+        self, x: Tensor, shared_input: bool = False, params: Sequence[Tensor] | None = None
+    ) -> Tensor:
+        """Logits ``(K, B, classes)`` for inputs ``(K, B, ...)`` (``shared_input``: ``(B, ...)``,
+        the same batch for every configuration), at :attr:`params` or at ``params`` (stacked
+        tensors aligned with :attr:`names`, e.g. the perturbed point)."""
+
+        def one(params: tuple[Tensor, ...], buffers: dict[str, Tensor], xs: Tensor) -> Tensor:
+            state = {**dict(zip(self.names, params, strict=True)), **buffers}
+            out: Tensor = functional_call(self.module, state, (xs,))
+            return out
+
+        run = torch.vmap(one, in_dims=(0, 0, None if shared_input else 0))
+        out: Tensor = run(tuple(self.params if params is None else params), self.buffers, x)
+        return out
+
+
+def build_stack(
+    configs: Sequence[TrainConfig],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    device: torch.device,
+) -> StackedModel:
+    """The ``K`` models of ``configs`` stacked on ``device``, with their optimizer tables."""
+    k = len(configs)
+    names: list[str] | None = None
+    params: list[Tensor] = []  # filled slice by slice: one model at a time in host memory
+    buffers: dict[str, Tensor] = {}
+    lr_rows, wd_rows, plans = [], [], []
+    base: dict[str, float | bool] | None = None
+    module: nn.Module | None = None
+    inferred: dict[tuple[str, str], Parametrization] = {}  # one inference per scheme and rule
+    for config in configs:
+        key = (config.scheme, config.sam.rule)
+        model, p = make_model(config, input_shape, num_classes, inferred.get(key))
+        inferred[key] = p
+        _check_module(model)
+        opt = make_optimizer(config, model, p)
+        named = dict(model.named_parameters())
+        if names is None:
+            names, module = list(named), model
+        of = {id(t): n for n, t in named.items()}
+        lr, wd = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        for g in opt.param_groups:
+            here = {k: g[k] for k in ("momentum", "dampening", "nesterov")}
+            if base is None:
+                base = here
+            elif here != base:  # pragma: no cover - one optimizer config per bundle
+                raise BatchError(f"param groups differ in momentum/nesterov: {here} vs {base}")
+            for t in g["params"]:
+                lr[of[id(t)]] = g["lr"] * g["lr_mult"]
+                wd[of[id(t)]] = g["weight_decay"]
+        lr_rows.append([lr[n] for n in names])
+        wd_rows.append([wd[n] for n in names])
+        plan = opt.perturbation_plan()
+        plans.append(
+            {
+                of[id(t)]: (float(a), float(b), e, f)
+                for t, a, b, e, f in zip(
+                    plan.params, plan.rho2c, plan.rho2s, plan.eta, plan.factors, strict=True
+                )
+            }
+        )
+        j = len(lr_rows) - 1
+        if not params:
+            params = [_stacked(named[n], k, device) for n in names]
+            buffers = {n: _stacked(b, k, device) for n, b in model.named_buffers()}
+        with torch.no_grad():
+            for n, t in zip(names, params, strict=True):
+                t[j].copy_(named[n])
+            for n, b in model.named_buffers():
+                buffers[n][j].copy_(b)
+        del opt, plan
+    assert names is not None and module is not None and base is not None
+    dtype = params[0].dtype
+    for t in params:
+        t.requires_grad_(True)
+    table = _perturb_table(names, plans, dtype, device)
+    return StackedModel(
+        module.to(device),
+        names,
+        params,
+        buffers,
+        torch.tensor(lr_rows, dtype=dtype, device=device),
+        torch.tensor(wd_rows, dtype=dtype, device=device),
+        float(base["momentum"]),
+        float(base["dampening"]),
+        bool(base["nesterov"]),
+        table,
+    )
+
+
+def _stacked(like: Tensor, k: int, device: torch.device) -> Tensor:
+    return torch.empty((k, *like.shape), dtype=like.dtype, device=device)
+
+
+def _perturb_table(
+    names: list[str],
+    plans: list[dict[str, tuple[float, float, float, Factor]]],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> PerturbTable:
+    index = [i for i, n in enumerate(names) if any(n in plan for plan in plans)]
+    factors: list[Factor] = []
+    for i in index:
+        found = {plan[names[i]][3] for plan in plans if names[i] in plan}
+        if len(found) > 1:
+            raise BatchError(
+                f"{names[i]}: the configs perturb it with different factors {sorted(found)}; "
+                "put rules of one factor in a bundle"
+            )
+        factors.append(found.pop())
+    rows = [[plan.get(names[i], (0.0, 0.0, 0.0, None))[:3] for i in index] for plan in plans]
+    table = torch.tensor(rows, dtype=dtype, device=device).reshape(len(plans), len(index), 3)
+    rho2c, rho2s, eta = table.unbind(2)
+    return PerturbTable(index, factors, rho2c, rho2s, eta)
+
+
+def _check_module(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise BatchError(f"{name}: BatchNorm's running statistics are not stacked")
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            raise BatchError(f"{name}: dropout draws per-run random numbers; use batch = 1")
