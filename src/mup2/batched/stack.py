@@ -15,7 +15,9 @@ configuration does not perturb has ``rho = 0`` in that configuration's row.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -82,74 +84,119 @@ class StackedModel:
         return out
 
 
+@dataclass
+class _Built:
+    """One configuration's model and optimizer tables, before stacking."""
+
+    model: nn.Module
+    named: dict[str, Tensor]
+    lr: dict[str, float]
+    weight_decay: dict[str, float]
+    plan: dict[str, tuple[float, float, float, Factor]]
+    base: dict[str, float | bool]
+
+
+def _build_one(
+    config: TrainConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    p: Parametrization | None,
+) -> tuple[_Built, Parametrization]:
+    """Config ``config``'s model, initialized as :func:`mup2.train` does, and its tables from its
+    own :class:`mup2.SAM` (dropped after)."""
+    model, p = make_model(config, input_shape, num_classes, p)
+    _check_module(model)
+    opt = make_optimizer(config, model, p)
+    named: dict[str, Tensor] = dict(model.named_parameters())
+    of = {id(t): n for n, t in named.items()}
+    lr, wd = dict.fromkeys(named, 0.0), dict.fromkeys(named, 0.0)
+    base: dict[str, float | bool] | None = None
+    for g in opt.param_groups:
+        here: dict[str, float | bool] = {k: g[k] for k in ("momentum", "dampening", "nesterov")}
+        if base is not None and here != base:  # pragma: no cover - one optimizer config
+            raise BatchError(f"param groups differ in momentum/nesterov: {here} vs {base}")
+        base = here
+        for t in g["params"]:
+            lr[of[id(t)]] = g["lr"] * g["lr_mult"]
+            wd[of[id(t)]] = g["weight_decay"]
+    plan = opt.perturbation_plan()
+    rows = zip(
+        plan.params, plan.rho2c.tolist(), plan.rho2s.tolist(), plan.eta, plan.factors, strict=True
+    )
+    table = {of[id(t)]: (float(a), float(b), float(e), f) for t, a, b, e, f in rows}
+    assert base is not None
+    return _Built(model, named, lr, wd, table, base), p
+
+
 def build_stack(
     configs: Sequence[TrainConfig],
     input_shape: tuple[int, ...],
     num_classes: int,
     device: torch.device,
+    threads: int | None = None,
 ) -> StackedModel:
-    """The ``K`` models of ``configs`` stacked on ``device``, with their optimizer tables."""
+    """The ``K`` models of ``configs`` stacked on ``device``, with their optimizer tables.
+
+    The models are built on the CPU, ``threads`` at a time (default: up to 8, one per CPU core;
+    torch's kernels run outside the GIL), each copied into its slice as it comes, so that only
+    a few are in host memory at once. The first config of each scheme and rule is built first:
+    the others reuse its parametrization."""
     k = len(configs)
-    names: list[str] | None = None
-    params: list[Tensor] = []  # filled slice by slice: one model at a time in host memory
-    buffers: dict[str, Tensor] = {}
-    lr_rows, wd_rows, plans = [], [], []
-    base: dict[str, float | bool] | None = None
-    module: nn.Module | None = None
-    inferred: dict[tuple[str, str], Parametrization] = {}  # one inference per scheme and rule
-    for config in configs:
+    threads = threads or max(1, min(8, os.cpu_count() or 1))
+    inferred: dict[tuple[str, str], Parametrization] = {}
+    first: dict[int, _Built] = {}
+    for j, config in enumerate(configs):
         key = (config.scheme, config.sam.rule)
-        model, p = make_model(config, input_shape, num_classes, inferred.get(key))
-        inferred[key] = p
-        _check_module(model)
-        opt = make_optimizer(config, model, p)
-        named = dict(model.named_parameters())
-        if names is None:
-            names, module = list(named), model
-        of = {id(t): n for n, t in named.items()}
-        lr, wd = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
-        for g in opt.param_groups:
-            here = {k: g[k] for k in ("momentum", "dampening", "nesterov")}
-            if base is None:
-                base = here
-            elif here != base:  # pragma: no cover - one optimizer config per bundle
-                raise BatchError(f"param groups differ in momentum/nesterov: {here} vs {base}")
-            for t in g["params"]:
-                lr[of[id(t)]] = g["lr"] * g["lr_mult"]
-                wd[of[id(t)]] = g["weight_decay"]
-        lr_rows.append([lr[n] for n in names])
-        wd_rows.append([wd[n] for n in names])
-        plan = opt.perturbation_plan()
-        plans.append(
-            {
-                of[id(t)]: (float(a), float(b), e, f)
-                for t, a, b, e, f in zip(
-                    plan.params, plan.rho2c, plan.rho2s, plan.eta, plan.factors, strict=True
-                )
-            }
-        )
-        j = len(lr_rows) - 1
-        if not params:
-            params = [_stacked(named[n], k, device) for n in names]
-            buffers = {n: _stacked(b, k, device) for n, b in model.named_buffers()}
+        if key not in inferred:
+            first[j], inferred[key] = _build_one(config, input_shape, num_classes, None)
+    rest = [j for j in range(k) if j not in first]
+    one = first[0]
+    names = list(one.named)
+    params = [_stacked(one.named[n], k, device) for n in names]
+    buffers = {n: _stacked(b, k, device) for n, b in one.model.named_buffers()}
+    built: list[_Built | None] = [None] * k
+
+    def place(j: int, b: _Built) -> None:
         with torch.no_grad():
             for n, t in zip(names, params, strict=True):
-                t[j].copy_(named[n])
-            for n, b in model.named_buffers():
-                buffers[n][j].copy_(b)
-        del opt, plan
-    assert names is not None and module is not None and base is not None
+                t[j].copy_(b.named[n])
+            for n, buf in b.model.named_buffers():
+                buffers[n][j].copy_(buf)
+        b.named, b.model = {}, one.model  # the tables stay; the weights are on the device
+        built[j] = b
+
+    for j, b in first.items():
+        place(j, b)
+    with ThreadPoolExecutor(threads) as pool:
+        for lo in range(0, len(rest), threads):
+            chunk = rest[lo : lo + threads]
+            made = pool.map(
+                lambda c: _build_one(c, input_shape, num_classes, inferred[(c.scheme, c.sam.rule)])[
+                    0
+                ],
+                [configs[j] for j in chunk],
+            )
+            for j, b in zip(chunk, made, strict=True):
+                place(j, b)
+    done = [b for b in built if b is not None]
+    assert len(done) == k
+    bases = {tuple(b.base.items()) for b in done}
+    if len(bases) > 1:  # pragma: no cover - one optimizer config per bundle
+        raise BatchError(f"param groups differ in momentum/nesterov: {sorted(bases)}")
     dtype = params[0].dtype
     for t in params:
         t.requires_grad_(True)
-    table = _perturb_table(names, plans, dtype, device)
+    table = _perturb_table(names, [b.plan for b in done], dtype, device)
+    base = done[0].base
     return StackedModel(
-        module.to(device),
+        one.model.to(device),
         names,
         params,
         buffers,
-        torch.tensor(lr_rows, dtype=dtype, device=device),
-        torch.tensor(wd_rows, dtype=dtype, device=device),
+        torch.tensor([[b.lr[n] for n in names] for b in done], dtype=dtype, device=device),
+        torch.tensor(
+            [[b.weight_decay[n] for n in names] for b in done], dtype=dtype, device=device
+        ),
         float(base["momentum"]),
         float(base["dampening"]),
         bool(base["nesterov"]),
