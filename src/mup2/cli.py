@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from typer.core import TyperGroup
@@ -103,6 +103,28 @@ def _choice(*names: str) -> Any:
 
 
 _POSITIVE, _NONNEGATIVE, _FRACTION = _number(0.0, above=True), _number(0.0), _number(0.0, 1.0)
+
+
+def _batch(value: str) -> str:
+    """A ``--batch``: ``auto`` or a whole number >= 1 (:func:`mup2.sweep.config.parse_batch`)."""
+    from mup2.sweep.config import parse_batch
+
+    try:
+        return str(parse_batch(value))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+#: The ``--batch`` option of ``mup2 sweep`` and ``mup2 worker``.
+_BatchOption = Annotated[
+    str | None,
+    typer.Option(
+        parser=_batch,
+        metavar="N|auto",
+        help="grid points each worker trains at once as one stacked model (1: one at a time; "
+        "auto: as many as fit on the device); default: the sweep config's batch",
+    ),
+]
 
 
 def _writable(path: Path, option: str, *, directory: bool) -> None:
@@ -354,6 +376,7 @@ def sweep(
     workers: Annotated[
         int | None, typer.Option(min=1, help="local worker processes (default: the config's)")
     ] = None,
+    batch: _BatchOption = None,
     report_: Annotated[
         bool, typer.Option("--report/--no-report", help="write the report when done")
     ] = True,
@@ -370,7 +393,9 @@ def sweep(
     out = Path(run_dir) if run_dir is not None else Path("runs") / cfg.name
     _writable(out, "--run-dir", directory=True)
     try:
-        storage, state = run_sweep(cfg, out, workers=workers, progress=progress)
+        storage, state = run_sweep(
+            cfg, out, workers=workers, batch=_batch_size(batch), progress=progress
+        )
     except RuntimeError as exc:  # every worker crashed
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(UNFINISHED) from None
@@ -395,11 +420,17 @@ def sweep(
         raise typer.Exit(UNFINISHED)
 
 
+def _batch_size(option: str | None) -> int | Literal["auto"] | None:
+    """A parsed ``--batch`` as :func:`mup2.sweep.run_worker` takes it."""
+    return None if option is None else "auto" if option == "auto" else int(option)
+
+
 @app.command()
 def worker(
     storage: Annotated[str, typer.Option(help="the sweep's Optuna storage URL")],
     study: Annotated[str, typer.Option(help="the sweep's name")],
     threads: Annotated[int, typer.Option(min=1, help="torch threads of this worker")] = 1,
+    batch: _BatchOption = None,
     max_trials: Annotated[int | None, typer.Option(min=1, help="stop after this many runs")] = None,
 ) -> None:
     """Join a sweep from any machine that reaches its storage; runs until no run is waiting or
@@ -412,6 +443,7 @@ def worker(
                 storage,
                 study,
                 threads=threads,
+                batch=_batch_size(batch),
                 max_trials=max_trials,
                 say=lambda line: typer.echo(f"worker: {line}"),
             )

@@ -1,10 +1,10 @@
 """The schema of a sweep (``mup2 sweep CONFIG``): a training config plus grids, validated.
 
 A sweep config has the keys ``name`` (the study), ``storage`` (an Optuna database URL; default:
-an SQLite file in the run directory), ``workers``, ``heartbeat_seconds``, ``max_retries``, the
-section ``train`` (a full :class:`mup2.config.TrainConfig`) and the section ``grid``. Each grid
-point overrides ``model.width``, ``optimizer.lr``, ``sam.rho``, ``seed``, the scheme and the
-perturbation scaling of ``train`` (see :data:`PARAMETRIZATIONS`).
+an SQLite file in the run directory), ``workers``, ``batch``, ``heartbeat_seconds``,
+``max_retries``, the section ``train`` (a full :class:`mup2.config.TrainConfig`) and the section
+``grid``. Each grid point overrides ``model.width``, ``optimizer.lr``, ``sam.rho``, ``seed``, the
+scheme and the perturbation scaling of ``train`` (see :data:`PARAMETRIZATIONS`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ from mup2.config import ConfigError, Section, TrainConfig, parse_config, read_co
 
 __all__ = [
     "PARAMETRIZATIONS",
+    "BatchSize",
     "GridConfig",
     "ParametrizationSpec",
     "SubGrid",
     "SweepConfig",
     "load_sweep_config",
+    "parse_batch",
     "parse_sweep_config",
 ]
 
@@ -66,6 +68,26 @@ Parametrization = Literal[
     "sp-naive", "mup-naive", "mup-global", "mup2", "sp-lp", "sp-readout", "mup-readout"
 ]
 DEFAULT_PARAMETRIZATIONS: tuple[Parametrization, ...] = ("sp-naive", "mup-global", "mup2")
+
+
+#: Grid points a worker trains at once: a number (1: one at a time, with :func:`mup2.train`;
+#: more: bundles with :func:`mup2.batched.train_batched`) or ``"auto"`` (as many as fit).
+BatchSize = PositiveInt | Literal["auto"]
+
+
+def parse_batch(value: object) -> int | Literal["auto"]:
+    """``value`` as a :data:`BatchSize`: ``"auto"`` or a whole number >= 1 (also as a string, as
+    an option gives it); :class:`ValueError` naming the value otherwise."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(
+        f"{value!r} is not a bundle size: give a whole number >= 1 (1 trains one run at a "
+        "time) or 'auto' (as many as fit on the device)"
+    )
 
 
 def _increasing(values: list[Any], key: str) -> list[Any]:
@@ -120,16 +142,27 @@ class GridConfig(Section):
 
 
 class SweepConfig(Section):
-    """A validated sweep. ``train`` is the run every grid point starts from."""
+    """A validated sweep. ``train`` is the run every grid point starts from. ``storage``,
+    ``workers`` and ``batch`` say where and how fast it runs, not what: they may change when a
+    sweep is resumed."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)]
     storage: str | None = None
     workers: PositiveInt = 1
+    batch: BatchSize = 1
     heartbeat_seconds: PositiveInt = 10
     max_retries: NonNegativeInt = 2
     unstable_below: Annotated[float, Field(ge=0.0, le=1.0)] = 0.30
     train: TrainConfig
     grid: GridConfig
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch(cls, value: Any) -> int | Literal["auto"]:
+        try:
+            return parse_batch(value)
+        except ValueError as exc:
+            raise ValueError(f"batch: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable copy (``parse_sweep_config(c.to_dict()) == c``)."""

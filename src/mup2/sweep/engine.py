@@ -10,6 +10,12 @@ intervals) is failed and enqueued again, up to ``max_retries`` times, and an int
 enqueued again at once. A finished trial is never rerun: resuming enqueues only the points with
 no finished, waiting or running trial. No trial is made but for a grid point.
 
+With ``batch`` > 1 (or ``"auto"``) a worker claims a *bundle*: up to ``batch`` waiting points
+whose training configs share a :func:`~mup2.batched.bundle_key` (one width and architecture),
+each claimed, owned and heartbeaten as a single trial is, and trains them together with
+:func:`~mup2.batched.train_batched`. Each point keeps its own trial and record, so a killed or
+interrupted bundle is requeued point by point exactly as single trials are.
+
 Trial record: ``params`` = :class:`~mup2.sweep.grid.GridPoint` (also in the user attribute
 ``grid``, set when it is enqueued); ``value`` = final test accuracy (the last finite epoch's, 0
 if none); user attributes ``status`` (``ok``/``unstable``), ``test_accuracy``, ``test_loss``,
@@ -29,26 +35,28 @@ import signal
 import socket
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from mup2.batched import auto_bundle_size, bundle_key, check_batchable, train_batched
 from mup2.config import ConfigError, TrainConfig
 from mup2.data import DataSplits
-from mup2.sweep.config import PARAMETRIZATIONS, SweepConfig, parse_sweep_config
+from mup2.sweep.config import PARAMETRIZATIONS, SweepConfig, parse_batch, parse_sweep_config
 from mup2.sweep.grid import GRID_KEYS, GridPoint, expand, scheme_of, trial_config
 from mup2.sweep.owner import OWNER, is_dead, me, requeue
 from mup2.sweep.store import StoreError, open_storage, redact, store_errors, store_lock
-from mup2.train import load_data, resolve_device, train
+from mup2.train import RunResult, load_data, resolve_device, train
 
 __all__ = [
     "SweepState",
+    "check_batches",
     "default_storage",
     "open_sweep",
     "prepare",
@@ -179,8 +187,8 @@ def open_sweep(storage: str, name: str) -> tuple[optuna.Study, SweepConfig, list
 
 def _grows(old: SweepConfig, new: SweepConfig) -> bool:
     """Whether ``new`` differs from ``old`` (raises :class:`ConfigError` unless only by a grown
-    grid; ``workers`` and ``storage`` may always differ)."""
-    ignore = {"workers": 0, "storage": None, "grid": None}  # where and how fast, not what
+    grid; ``workers``, ``batch`` and ``storage`` may always differ)."""
+    ignore = {"workers": 0, "batch": 1, "storage": None, "grid": None}  # where, how fast: not what
     a, b = old.to_dict() | ignore, new.to_dict() | ignore
     if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
         raise ConfigError(
@@ -202,6 +210,7 @@ class _Objective:
     def __init__(self, cfg: SweepConfig) -> None:
         self.cfg = cfg
         self._data: dict[str, DataSplits] = {}
+        self._keys: dict[GridPoint, str] = {}
 
     def data(self, config: TrainConfig) -> DataSplits:
         """The dataset of ``config`` (loaded on first use)."""
@@ -210,25 +219,52 @@ class _Objective:
             self._data[key] = load_data(config.data)
         return self._data[key]
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def bundle_key(self, point: GridPoint) -> str:
+        """The :func:`~mup2.batched.bundle_key` of the point's training config (cached)."""
+        if point not in self._keys:
+            self._keys[point] = bundle_key(trial_config(self.cfg, point))
+        return self._keys[point]
+
+    def bundle_size(self, point: GridPoint, batch: int | Literal["auto"]) -> int:
+        """``batch``, or for ``"auto"`` how many points like ``point`` fit on the device now."""
+        if batch == "auto":
+            return auto_bundle_size(trial_config(self.cfg, point))
+        return batch
+
+    def __call__(self, trials: Sequence[optuna.Trial], *, batched: bool) -> list[float]:
+        """Train the trials' points (one with :func:`~mup2.train`, or any number together with
+        :func:`~mup2.batched.train_batched` when ``batched``), record each result on its trial
+        and return the values. An exception is recorded on every trial and raised."""
         try:
-            point = _suggest(trial, GridPoint(**trial.user_attrs["grid"]))
-            config = trial_config(self.cfg, point)
-            data = self.data(config)
+            points = [_suggest(t, GridPoint(**t.user_attrs["grid"])) for t in trials]
+            configs = [trial_config(self.cfg, point) for point in points]
+            data = self.data(configs[0])  # a bundle shares its data set (its bundle key)
             _INTERRUPTIBLE.set()
             try:
                 _stop_if_asked()
-                result = train(config, data=data, on_epoch=_stop_if_asked)
+                if batched:
+                    results = train_batched(configs, data=data, on_epoch=_stop_if_asked)
+                else:
+                    (config,) = configs
+                    results = [train(config, data=data, on_epoch=_stop_if_asked)]
             finally:
                 _INTERRUPTIBLE.clear()
-        except Exception as exc:  # recorded; the trial fails and the sweep goes on
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            if len(results) != len(trials):
+                raise RuntimeError(f"{len(trials)} runs trained, {len(results)} results")
+        except Exception as exc:  # recorded; the trials fail and the sweep goes on
+            for trial in trials:
+                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
-        for name, value in result.to_dict().items():
-            if name != "diverged_at":
-                trial.set_user_attr(name, value)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        return result.test_accuracy if result.test_accuracy is not None else 0.0
+        return [_record(trial, result) for trial, result in zip(trials, results, strict=True)]
+
+
+def _record(trial: optuna.Trial, result: RunResult) -> float:
+    """Store ``result`` on ``trial`` (see the module docstring); the trial's value."""
+    for name, value in result.to_dict().items():
+        if name != "diverged_at":
+            trial.set_user_attr(name, value)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    return result.test_accuracy if result.test_accuracy is not None else 0.0
 
 
 def _suggest(trial: optuna.Trial, point: GridPoint) -> GridPoint:
@@ -249,6 +285,7 @@ def run_worker(
     study_name: str,
     *,
     threads: int = 1,
+    batch: int | Literal["auto"] | None = None,
     max_trials: int | None = None,
     on_trial: Callable[[FrozenTrial], None] | None = None,
     say: Callable[[str], object] | None = None,
@@ -260,19 +297,24 @@ def run_worker(
     dataset are checked before any trial is claimed, so a missing one fails here and leaves the
     sweep as it was.
 
-    ``threads``: torch threads for this process (1 per worker on a shared CPU); ``say``: called
-    with one line per trial started and finished; ``parent``: a process ID, the worker stops
-    (between trials) once it is no longer this process's parent. An interruption
-    (:class:`KeyboardInterrupt`, see :func:`stop_on_signals`) requeues the running trial and
-    propagates."""
+    ``threads``: torch threads for this process (1 per worker on a shared CPU); ``batch``:
+    grid points trained at once (default: the sweep config's; see
+    :data:`~mup2.sweep.config.BatchSize`), ``"auto"`` sizing each bundle by
+    :func:`~mup2.batched.auto_bundle_size`; ``say``: called with one line per trial started and
+    finished; ``parent``: a process ID, the worker stops (between trials) once it is no longer
+    this process's parent. An interruption (:class:`KeyboardInterrupt`, see
+    :func:`stop_on_signals`) requeues the running trials and propagates."""
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(logging.WARNING)
     study, cfg, points = open_sweep(storage, study_name)
+    size = parse_batch(cfg.batch if batch is None else batch)
     objective = _Objective(cfg)
     resolve_device(cfg.train.device)
     objective.data(trial_config(cfg, points[0]))
+    if size != 1:
+        check_batches(cfg, size)
     ran = 0
     with store_errors(storage):
         while max_trials is None or ran < max_trials:
@@ -280,17 +322,37 @@ def run_worker(
             if parent is not None and os.getppid() != parent:
                 break
             _fail_lost(study, storage, cfg)
-            trial_id = _claim(study)
-            if trial_id is None:
+            left = None if max_trials is None else max_trials - ran
+            if size == 1:
+                claimed = _claim(study)
+                trial_ids = [] if claimed is None else [claimed]
+            else:
+                trial_ids = _claim_bundle(study, storage, objective, size, left)
+            if not trial_ids:
                 if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     break
                 _STOP.wait(cfg.heartbeat_seconds)  # others' trials run: finish or go stale
                 continue
-            frozen = _run_trial(study, storage, trial_id, objective, say)
-            ran += 1
-            if on_trial is not None:
-                on_trial(frozen)
+            for frozen in _run_trials(study, storage, trial_ids, objective, say, size != 1):
+                ran += 1
+                if on_trial is not None:
+                    on_trial(frozen)
     return ran
+
+
+def check_batches(cfg: SweepConfig, batch: int | Literal["auto"]) -> None:
+    """Raise :class:`~mup2.batched.BatchError` (a :class:`ConfigError`) naming the reason when
+    the sweep's points cannot be trained in bundles of ``batch``. One point per parametrization
+    is checked: what decides it (model, optimizer, rule, precision, augmentation) is the same at
+    every width."""
+    first = {p.parametrization: p for p in reversed(expand(cfg))}
+    for point in first.values():
+        try:
+            check_batchable([trial_config(cfg, point)])
+        except ConfigError as exc:
+            raise type(exc)(
+                f"sweep {cfg.name!r} cannot train its runs in bundles (batch = {batch!r}): {exc}"
+            ) from None
 
 
 #: Set by :func:`stop_on_signals`: the worker stops, requeueing a trial it interrupts.
@@ -330,49 +392,109 @@ def _stop_if_asked(*_: object) -> None:
 
 
 def _claim(study: optuna.Study) -> int | None:
-    """Claim a waiting trial (WAITING -> RUNNING, which one process wins), beat its heart once
-    and record this process as its owner; ``None`` when none is waiting. Unlike
+    """Claim a waiting trial (see :func:`_claim_one`); ``None`` when none is waiting. Unlike
     ``Study.ask``, never makes a trial of its own."""
-    store: Any = study._storage  # Optuna's cache over the RDB storage, with heartbeats
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if not store.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        store.record_heartbeat(t._trial_id)
-        store.set_trial_system_attr(t._trial_id, OWNER, me())
-        return int(t._trial_id)
+        if _claim_one(study, t._trial_id):
+            return int(t._trial_id)
     return None
 
 
-def _run_trial(
+def _claim_one(study: optuna.Study, trial_id: int) -> bool:
+    """Claim the waiting trial ``trial_id`` (WAITING -> RUNNING, which one process wins), beat
+    its heart once and record this process as its owner; ``False`` when another took it."""
+    store: Any = study._storage  # Optuna's cache over the RDB storage, with heartbeats
+    try:
+        if not store.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    store.record_heartbeat(trial_id)
+    store.set_trial_system_attr(trial_id, OWNER, me())
+    return True
+
+
+def _claim_bundle(
     study: optuna.Study,
     storage: str,
-    trial_id: int,
+    objective: _Objective,
+    batch: int | Literal["auto"],
+    most: int | None,
+) -> list[int]:
+    """Claim a bundle (see :func:`_claim_one`): the first waiting grid point and up to
+    ``batch - 1`` (``"auto"``: :func:`~mup2.batched.auto_bundle_size` of the first, at most
+    ``most`` in all) more waiting points of its bundle key, in queue order. Under the store's
+    lock, so workers that start together take whole bundles; ``[]`` when none is waiting."""
+    claimed: list[int] = []
+    key, size = "", 1
+    with store_lock(storage):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            point = _point(t)
+            if point is None or (claimed and objective.bundle_key(point) != key):
+                continue
+            if not claimed:  # this point may start the bundle: its key and size
+                key = objective.bundle_key(point)
+                size = objective.bundle_size(point, batch)
+                size = size if most is None else min(size, most)
+            if _claim_one(study, t._trial_id):
+                claimed.append(int(t._trial_id))
+                if len(claimed) >= size:
+                    break
+    return claimed
+
+
+def _run_trials(
+    study: optuna.Study,
+    storage: str,
+    trial_ids: list[int],
     objective: _Objective,
     say: Callable[[str], object] | None,
-) -> FrozenTrial:
-    trial = optuna.Trial(study, trial_id)
+    batched: bool,
+) -> list[FrozenTrial]:
+    """Train the claimed trials (one, or a bundle when ``batched``) while their hearts beat,
+    and tell each its result; every trial fails when training raises. An interruption
+    requeues them (:func:`_requeue_if_interrupted`) and propagates."""
+    trials = [optuna.Trial(study, trial_id) for trial_id in trial_ids]
     try:
-        _say(say, f"trial {trial.number} started: {trial.user_attrs.get('grid')}")
-        with _heartbeat(study._storage, trial_id, objective.cfg.heartbeat_seconds):
-            value = objective(trial)
+        for trial in trials:
+            _say(say, f"trial {trial.number} started: {trial.user_attrs.get('grid')}")
+        with (
+            _requeue_if_interrupted(study, storage, trials, objective.cfg.max_retries),
+            _heartbeat(study._storage, trial_ids, objective.cfg.heartbeat_seconds),
+        ):
+            values = objective(trials, batched=batched)
     except Exception:
-        frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-    except BaseException:  # interrupted: queue the point again at once, uncounted
-        with store_lock(storage):
-            if study._storage.get_trial(trial_id).state == TrialState.RUNNING:
-                trial.set_user_attr("error", "interrupted")
-                frozen = study.tell(trial, state=TrialState.FAIL)
-                requeue(study, frozen, objective.cfg.max_retries, count=False)
-        raise
+        done = [study.tell(t, state=TrialState.FAIL, skip_if_finished=True) for t in trials]
     else:
-        frozen = study.tell(trial, value, skip_if_finished=True)
-    failed = frozen.state == TrialState.FAIL
-    what = frozen.user_attrs.get("error" if failed else "status", "")
-    _say(say, f"trial {frozen.number} {frozen.state.name.lower()}: {what}, value {frozen.value}")
-    return frozen
+        pairs = zip(trials, values, strict=True)
+        done = [study.tell(t, v, skip_if_finished=True) for t, v in pairs]
+    for frozen in done:
+        failed = frozen.state == TrialState.FAIL
+        what = frozen.user_attrs.get("error" if failed else "status", "")
+        line = f"trial {frozen.number} {frozen.state.name.lower()}: {what}, value {frozen.value}"
+        _say(say, line)
+    return done
+
+
+@contextlib.contextmanager
+def _requeue_if_interrupted(
+    study: optuna.Study, storage: str, trials: Sequence[optuna.Trial], max_retries: int
+) -> Iterator[None]:
+    """When the body is interrupted (a :class:`BaseException` that is no :class:`Exception`),
+    fail every one of ``trials`` still running (``error`` = ``interrupted``) and queue its
+    point again at once, not counted as a retry; then propagate."""
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException:
+        with store_lock(storage):
+            for trial in trials:
+                if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                    trial.set_user_attr("error", "interrupted")
+                    frozen = study.tell(trial, state=TrialState.FAIL)
+                    requeue(study, frozen, max_retries, count=False)
+        raise
 
 
 def _say(say: Callable[[str], object] | None, line: str) -> None:
@@ -383,16 +505,17 @@ def _say(say: Callable[[str], object] | None, line: str) -> None:
 
 
 @contextlib.contextmanager
-def _heartbeat(store: Any, trial_id: int, seconds: int) -> Iterator[None]:
-    """Record the trial's heartbeat every ``seconds`` while the body runs."""
+def _heartbeat(store: Any, trial_ids: Sequence[int], seconds: int) -> Iterator[None]:
+    """Record each trial's heartbeat every ``seconds`` while the body runs."""
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(seconds):
-            with contextlib.suppress(Exception):  # a missed beat is retried; the store's
-                store.record_heartbeat(trial_id)  # failure shows in the trial's own writes
+            for trial_id in trial_ids:
+                with contextlib.suppress(Exception):  # a missed beat is retried; the store's
+                    store.record_heartbeat(trial_id)  # failure shows in the trial's own writes
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_ids[0]}", daemon=True)
     thread.start()
     try:
         yield

@@ -9,13 +9,15 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
 from mup2.errors import USER_ERROR, UserError
-from mup2.sweep.config import SweepConfig
+from mup2.sweep.config import SweepConfig, parse_batch
 from mup2.sweep.engine import (
     SweepState,
+    check_batches,
     default_storage,
     prepare,
     run_worker,
@@ -32,7 +34,9 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _BAR_SECONDS = 5.0
 
 
-def _worker_main(storage: str, study: str, threads: int, parent: int, log: bool) -> None:
+def _worker_main(
+    storage: str, study: str, threads: int, batch: int | Literal["auto"], parent: int, log: bool
+) -> None:
     """A local worker: stops (requeueing its trial) on SIGTERM or when the driver dies; Ctrl-C
     reaches the driver, which stops the workers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -46,6 +50,7 @@ def _worker_main(storage: str, study: str, threads: int, parent: int, log: bool)
                 storage,
                 study,
                 threads=threads,
+                batch=batch,
                 parent=parent,
                 say=(lambda line: print(f"worker {os.getpid()}: {line}", flush=True))
                 if log
@@ -64,15 +69,18 @@ def run_sweep(
     *,
     workers: int | None = None,
     threads: int = 1,
+    batch: int | Literal["auto"] | None = None,
     progress: bool = True,
     poll_seconds: float = 1.0,
 ) -> tuple[str, SweepState]:
     """Run (or resume) the sweep with ``workers`` local processes (default ``cfg.workers``)
     until no grid point is waiting or running; returns ``(storage URL, final state)``
-    (``state.finished``: every point completed).
+    (``state.finished``: every point completed). ``batch``: grid points each worker trains at
+    once (default ``cfg.batch``; see :data:`~mup2.sweep.config.BatchSize`).
 
-    The device and dataset are checked first (the dataset loaded once), so a missing one is an
-    error before anything is written.
+    The device and dataset are checked first (the dataset loaded once), and with ``batch`` > 1
+    that the runs can be batched (:func:`~mup2.sweep.engine.check_batches`), so a missing one
+    or a sweep that cannot be batched is an error before anything is written.
     Other machines may join at any time with :func:`mup2.sweep.run_worker` on the same storage.
     Ctrl-C stops the workers, whose running trials are queued again; running the same sweep
     again resumes it: finished trials are kept. Without ``progress`` each worker prints a line
@@ -80,8 +88,11 @@ def run_sweep(
     """
     if (workers if workers is not None else cfg.workers) < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    size = parse_batch(cfg.batch if batch is None else batch)
     resolve_device(cfg.train.device)
     load_data(trial_config(cfg, expand(cfg)[0]).data)
+    if size != 1:
+        check_batches(cfg, size)
     storage = default_storage(cfg, run_dir)
     study, points = prepare(cfg, storage)
     n = workers or cfg.workers
@@ -92,7 +103,7 @@ def run_sweep(
             if not (state.waiting or state.running):
                 break
             before = state
-            args = (storage, cfg.name, threads, os.getpid(), not progress)
+            args = (storage, cfg.name, threads, size, os.getpid(), not progress)
             procs = [ctx.Process(target=_worker_main, args=args) for _ in range(n)]
             for p in procs:
                 p.start()
