@@ -136,11 +136,6 @@ def test_suggest_parametrization_keeps_an_old_store_compatible(tmp_path: Path) -
         study.ask().suggest_categorical("parametrization", list(PARAMETRIZATIONS))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mup2.sweep.engine._suggest records the parametrization as a categorical over every "
-    "name of PARAMETRIZATIONS; it must call mup2.sweep.grid.suggest_parametrization",
-)
 def test_an_old_store_grows_with_the_readout_controls(tmp_path: Path) -> None:
     """The committed stores (experiments/figure1/mlp.db) take the readout controls as extra
     blocks: their trials run and are reported beside the old ones."""

@@ -49,7 +49,14 @@ from mup2.batched import auto_bundle_size, bundle_key, check_batchable, train_ba
 from mup2.config import ConfigError, TrainConfig
 from mup2.data import DataSplits
 from mup2.sweep.config import PARAMETRIZATIONS, SweepConfig, parse_batch, parse_sweep_config
-from mup2.sweep.grid import GRID_KEYS, GridPoint, expand, scheme_of, trial_config
+from mup2.sweep.grid import (
+    GRID_KEYS,
+    GridPoint,
+    expand,
+    scheme_of,
+    suggest_parametrization,
+    trial_config,
+)
 from mup2.sweep.owner import OWNER, is_dead, me, requeue
 from mup2.sweep.store import StoreError, open_storage, redact, store_errors, store_lock
 from mup2.train import RunResult, load_data, resolve_device, train
@@ -270,9 +277,10 @@ def _record(trial: optuna.Trial, result: RunResult) -> float:
 def _suggest(trial: optuna.Trial, point: GridPoint) -> GridPoint:
     """Record the enqueued point as the trial's parameters. Numbers get one-point ranges, whose
     distributions stay compatible however the grid grows (Optuna refuses a categorical
-    parameter whose choices change within a study)."""
+    parameter whose choices change within a study; hence
+    :func:`~mup2.sweep.grid.suggest_parametrization`)."""
     return GridPoint(
-        trial.suggest_categorical("parametrization", list(PARAMETRIZATIONS)),
+        suggest_parametrization(trial, point.parametrization),
         trial.suggest_int("width", point.width, point.width),
         trial.suggest_float("lr", point.lr, point.lr),
         trial.suggest_float("rho", point.rho, point.rho),
