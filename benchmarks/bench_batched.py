@@ -111,8 +111,11 @@ def main() -> None:
     )
     train(_config(32, 0, args).model_copy(update={"epochs": 1}))  # warm-up: kernels, caches
     rows: dict[str, dict[str, float]] = {}
-    print("| width | K | serial trials/h | batched trials/h | ratio | batched TFLOP/s | MFU |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| width | K | serial trials/h | batched trials/h | ratio | batched TFLOP/s | MFU | "
+        "peak GiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for width in (int(w) for w in args.widths.split(",")):
         probe = _config(width, 0, args)
         k = (
@@ -137,6 +140,9 @@ def main() -> None:
             serial.append(3600 * args.serial / times["serial"])
             batched.append(3600 * k / times["batched"])
             ratios.append(batched[-1] / serial[-1])
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         b = statistics.median(batched)
         rate = k * _flops(probe, steps) / statistics.median(training)
         rows[str(width)] = {
@@ -147,11 +153,13 @@ def main() -> None:
             "batched_flops_per_s": rate,
             "mfu_measured_peak": rate / PEAK_MEASURED,
             "mfu_nominal_peak": rate / PEAK_NOMINAL,
+            "peak_gib": peak,
         }
         row = rows[str(width)]
         print(
             f"| {width} | {k} | {row['serial_trials_per_hour']:.0f} | {b:.0f} | "
-            f"{row['ratio']:.2f} | {rate / 1e12:.2f} | {row['mfu_measured_peak']:.1%} |",
+            f"{row['ratio']:.2f} | {rate / 1e12:.2f} | {row['mfu_measured_peak']:.1%} | "
+            f"{peak:.1f} |",
             flush=True,
         )
     if args.json:

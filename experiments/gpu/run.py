@@ -93,7 +93,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         description=__doc__.splitlines()[0] if __doc__ else None,
         epilog="Flags it does not know go to `mup2 sweep` (so do all after `--`).",
     )
-    ap.add_argument("config", type=Path, help="sweep config (.toml, .yaml); no `storage` key")
+    ap.add_argument(
+        "config", type=Path, help="sweep config (.toml, .yaml); a `storage` key is ignored"
+    )
     ap.add_argument("budget", type=float, help="seconds this whole command may take")
     ap.add_argument(
         "--store",
@@ -248,9 +250,16 @@ def check_data(cfg: Any, root: Path) -> None:
     import json
 
     data = cfg.train.data
-    if data.name not in ("fashion-mnist", "idx") or data.root is None:
+    if data.name not in ("fashion-mnist", "idx"):
         return
-    folder = Path(data.root) if Path(data.root).is_absolute() else root / data.root
+    if data.root is None:  # read from the carried copy (MUP2_FASHION_MNIST_DIR, set in main)
+        if data.name != "fashion-mnist" or os.environ.get("MUP2_FASHION_MNIST_DIR"):
+            return
+        folder = root / ".gpudata" / "fashion-mnist"
+        if not folder.is_dir():
+            return  # mup2 finds its default location (and says so if the data is missing)
+    else:
+        folder = Path(data.root) if Path(data.root).is_absolute() else root / data.root
     if not folder.is_dir():
         raise SystemExit(
             f"error: no data in {folder}: run `python3 experiments/gpu/build_data.py --config "
@@ -269,6 +278,21 @@ def check_data(cfg: Any, root: Path) -> None:
                 f"{want if want is not None else 'all'}: rebuild it with `python3 "
                 "experiments/gpu/build_data.py --config CONFIG`"
             )
+
+
+def without_storage(config: Path, work: Path) -> Path:
+    """A copy of the sweep config ``config`` in ``work`` without its ``storage`` key (YAML, which
+    mup2 reads as well as TOML); the sweep config stored in the study ignores ``storage``."""
+    import tomllib
+
+    import yaml
+
+    text = config.read_text(encoding="utf-8")
+    data = tomllib.loads(text) if config.suffix == ".toml" else yaml.safe_load(text)
+    data.pop("storage", None)
+    copy = work / f"{config.stem}.yaml"
+    copy.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return copy
 
 
 def open_store(store: Path, db: Path, say: Callable[[str], None]) -> None:
@@ -447,12 +471,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"error: no CUDA GPU here, and {config.name} has device 'auto': it would run on "
                 "the CPU (give --allow-cpu for that)"
             )
-        if cfg.storage:
-            raise SystemExit(
-                f"error: {config} names a storage ({cfg.storage}); drop it: the store is --store"
-            )
         check_data(cfg, root)
         work = Path(tempfile.mkdtemp(prefix=f"mup2-gpu-{stem}-"))
+        if cfg.storage:  # the store is --store: the sweep runs a copy without the key
+            config = without_storage(config, work)
+            say(f"{args.config} names a storage ({cfg.storage}); the sweep uses {store} instead")
         db = work / "sweep.db"
         storage = f"sqlite:///{db}"
         open_store(store, db, say)
@@ -485,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
             [str(SRC), str(site), *filter(None, [env.get("PYTHONPATH")])]
         )
         env["PYTHONUNBUFFERED"] = "1"
+        carried = root / ".gpudata" / "fashion-mnist"
+        if carried.is_dir():  # configs without a data root read the carried copy
+            env.setdefault("MUP2_FASHION_MNIST_DIR", str(carried))
         command = [
             sys.executable,
             "-m",

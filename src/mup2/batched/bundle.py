@@ -125,7 +125,9 @@ def auto_bundle_size(config: TrainConfig, free_bytes: int | None = None, *, most
     if free_bytes is None:
         if device.type != "cuda":
             return min(8, most)
-        free_bytes = torch.cuda.mem_get_info(device)[0]
+        # what torch's caching allocator holds but no tensor uses (a previous bundle's) is free
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        free_bytes = torch.cuda.mem_get_info(device)[0] + cached
     per = _bytes_per_config(config)
     return max(1, min(most, int(0.8 * free_bytes) // per))
 
@@ -144,7 +146,8 @@ def _bytes_per_config(config: TrainConfig) -> int:
             **config.model.kwargs(config.scheme),
         )
     params = sum(p.numel() for p in model.parameters())
-    width = config.model.width
-    batch = max(config.batch_size, config.eval_batch_size)
-    activations = 16 * batch * width * getattr(config.model, "depth", 12)
+    # per layer: a training batch's activations kept for two backward passes (about 6 per
+    # example) and an evaluation chunk's (2 per example)
+    rows = 6 * config.batch_size + 2 * config.eval_batch_size
+    activations = rows * config.model.width * getattr(config.model, "depth", 12)
     return 4 * (_PARAM_COPIES * params + activations)
