@@ -47,7 +47,7 @@ from mup2.sweep import (
     run_worker,
     sweep_state,
 )
-from mup2.sweep.owner import OWNER
+from mup2.sweep.owner import OWNER, requeue
 from mup2.train import RunResult
 
 Bundles = list[list[TrainConfig]]
@@ -328,3 +328,20 @@ def test_ctrl_c_then_resume_with_bundles(tmp_path: Path) -> None:
     assert_complete_once(storage, "ctrlc", len(expand(parsed)))
     after = {t.number: t.value for t in grid_trials(url, "ctrlc") if t.state.is_finished()}
     assert {n: after[n] for n in before} == before
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_an_interrupted_point_keeps_its_place_in_grid_order(tmp_path: Path, batch: int) -> None:
+    """A point queued again after an interruption gets a new trial at the back of the store,
+    but workers claim in grid order, so it runs before the points after it in the grid (a GPU
+    window cut short resumes with the points the config put first)."""
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    cfg = parse_sweep_config(sweep("order", train=TINY, grid=TINY_GRID))
+    study, points = prepare(cfg, url)
+    first = next(t for t in study.get_trials() if t.user_attrs["grid"] == points[0].params())
+    study._storage.set_trial_state_values(first._trial_id, state=TrialState.RUNNING)
+    frozen = study.tell(first.number, state=TrialState.FAIL)
+    requeue(study, frozen, cfg.max_retries, count=False)
+    assert run_worker(url, "order", batch=batch, max_trials=1) == 1
+    done = [t for t in grid_trials(url, "order") if t.state == TrialState.COMPLETE]
+    assert [t.user_attrs["grid"] for t in done] == [points[0].params()]

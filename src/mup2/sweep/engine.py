@@ -218,6 +218,7 @@ class _Objective:
         self.cfg = cfg
         self._data: dict[str, DataSplits] = {}
         self._keys: dict[GridPoint, str] = {}
+        self._rank: dict[GridPoint, int] | None = None
 
     def data(self, config: TrainConfig) -> DataSplits:
         """The dataset of ``config`` (loaded on first use)."""
@@ -225,6 +226,21 @@ class _Objective:
         if key not in self._data:
             self._data[key] = load_data(config.data)
         return self._data[key]
+
+    def waiting(self, study: optuna.Study) -> list[FrozenTrial]:
+        """The study's waiting trials in grid order (the order of
+        :func:`~mup2.sweep.grid.expand`, the config's priority): a point queued again after an
+        interruption keeps its place instead of going to the back of the queue."""
+        if self._rank is None:
+            self._rank = {point: i for i, point in enumerate(expand(self.cfg))}
+        rank, last = self._rank, len(self._rank)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+        def position(t: FrozenTrial) -> tuple[int, int]:
+            point = _point(t)
+            return (last if point is None else rank.get(point, last), t.number)
+
+        return sorted(trials, key=position)
 
     def bundle_key(self, point: GridPoint) -> str:
         """The :func:`~mup2.batched.bundle_key` of the point's training config (cached)."""
@@ -332,7 +348,7 @@ def run_worker(
             _fail_lost(study, storage, cfg)
             left = None if max_trials is None else max_trials - ran
             if size == 1:
-                claimed = _claim(study)
+                claimed = _claim(study, objective)
                 trial_ids = [] if claimed is None else [claimed]
             else:
                 trial_ids = _claim_bundle(study, storage, objective, size, left)
@@ -399,10 +415,10 @@ def _stop_if_asked(*_: object) -> None:
         raise KeyboardInterrupt
 
 
-def _claim(study: optuna.Study) -> int | None:
-    """Claim a waiting trial (see :func:`_claim_one`); ``None`` when none is waiting. Unlike
-    ``Study.ask``, never makes a trial of its own."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+def _claim(study: optuna.Study, objective: _Objective) -> int | None:
+    """Claim the first waiting trial in grid order (see :func:`_claim_one`); ``None`` when none
+    is waiting. Unlike ``Study.ask``, never makes a trial of its own."""
+    for t in objective.waiting(study):
         if _claim_one(study, t._trial_id):
             return int(t._trial_id)
     return None
@@ -431,12 +447,12 @@ def _claim_bundle(
 ) -> list[int]:
     """Claim a bundle (see :func:`_claim_one`): the first waiting grid point and up to
     ``batch - 1`` (``"auto"``: :func:`~mup2.batched.auto_bundle_size` of the first, at most
-    ``most`` in all) more waiting points of its bundle key, in queue order. Under the store's
+    ``most`` in all) more waiting points of its bundle key, in grid order. Under the store's
     lock, so workers that start together take whole bundles; ``[]`` when none is waiting."""
     claimed: list[int] = []
     key, size = "", 1
     with store_lock(storage):
-        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        for t in objective.waiting(study):
             point = _point(t)
             if point is None or (claimed and objective.bundle_key(point) != key):
                 continue
