@@ -18,3 +18,13 @@ def _seeded() -> Iterator[None]:
     random.seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def float64() -> Iterator[None]:
+    """Models built in float64 (torch's default dtype for the test): batched and separate runs,
+    or a formula and its reference, then agree to rounding."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -76,6 +76,7 @@ __all__ = [
     "prepare_data",
     "resolve_device",
     "train",
+    "train_loader",
 ]
 
 CHECKPOINT, CONFIG, METRICS, RESULT = "checkpoint.pt", "config.json", "metrics.jsonl", "result.json"
@@ -237,6 +238,24 @@ def make_model(
     return model, p
 
 
+def train_loader(
+    config: TrainConfig, splits: DataSplits, device: torch.device | str = "cpu"
+) -> Loader:
+    """The training batches of a run: its own seed's order (``derive_seed(seed, 1)``) and
+    augmentation, shuffled, the last incomplete batch dropped."""
+    return Loader(
+        splits.train,
+        config.batch_size,
+        mean=splits.mean,
+        std=splits.std,
+        shuffle=True,
+        drop_last=True,
+        augment=Augment(config.data.crop_padding, config.data.hflip),
+        seed=derive_seed(config.seed, 1),
+        device=device,
+    )
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module, p: Parametrization) -> SAM:
     """:class:`mup2.SAM` (or :class:`mup2.LightSAM` for ``sam.rule = "lightsam"``) over the μP
     param groups of ``model``."""
@@ -344,17 +363,7 @@ class _Run:
         model, self.p = make_model(config, splits.input_shape, splits.num_classes)
         self.model = model.to(device)
         self.opt = make_optimizer(config, self.model, self.p)
-        self.train_loader = Loader(
-            splits.train,
-            config.batch_size,
-            mean=splits.mean,
-            std=splits.std,
-            shuffle=True,
-            drop_last=True,
-            augment=Augment(config.data.crop_padding, config.data.hflip),
-            seed=derive_seed(config.seed, 1),
-            device=device,
-        )
+        self.train_loader = train_loader(config, splits, device)
         self.test_loader = Loader(
             splits.test, config.eval_batch_size, mean=splits.mean, std=splits.std, device=device
         )

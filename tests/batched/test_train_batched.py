@@ -3,7 +3,6 @@ every scaling, rule and parametrization; divergence isolated; clear errors for w
 batch."""
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +50,6 @@ def _cfg(scheme: str, scaling: str, rho: float, lr: float, seed: int, **kw: Any)
     opt = {**d["optimizer"], "lr": lr}
     sam = {"rho": rho, "scaling": scaling, **d.pop("sam", {})}
     return parse_config({**d, "scheme": scheme, "seed": seed, "optimizer": opt, "sam": sam})
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 def _separate(cfgs: list[TrainConfig], tmp: Path) -> list[tuple[RunResult, dict[str, Any]]]:

@@ -9,12 +9,11 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 from sweeps import (
@@ -64,15 +63,6 @@ def bundles(monkeypatch: pytest.MonkeyPatch) -> Bundles:
 
     monkeypatch.setattr(mup2.sweep.engine, "train_batched", spy)
     return seen
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    """Models built in float64: batched and separate runs then agree to rounding."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 def by_point(trials: list[FrozenTrial]) -> dict[tuple[Any, ...], FrozenTrial]:

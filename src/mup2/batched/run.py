@@ -28,12 +28,19 @@ from mup2.batched.bundle import check_batchable
 from mup2.batched.sgd import sgd_step_
 from mup2.batched.stack import StackedModel, build_stack
 from mup2.config import TrainConfig
-from mup2.data import DataSplits, Loader, derive_seed, normalize
+from mup2.data import DataSplits, normalize
 from mup2.data.dataset import to_unit
 from mup2.losses import mean_loss, sum_loss
 from mup2.optim.perturb import per_tensor, perturbation_direction
 from mup2.precision import at_least_fp32, autocast
-from mup2.train import EpochMetrics, RunResult, build_scheduler, prepare_data, resolve_device
+from mup2.train import (
+    EpochMetrics,
+    RunResult,
+    build_scheduler,
+    prepare_data,
+    resolve_device,
+    train_loader,
+)
 
 __all__ = ["BatchedRun", "schedule_factors", "train_batched"]
 
@@ -81,18 +88,7 @@ class BatchedRun:
         self.device = dev = resolve_device(self.cfg.device)
         splits = prepare_data(self.cfg, data)
         self.model: StackedModel = build_stack(configs, splits.input_shape, splits.num_classes, dev)
-        self.loaders = [
-            Loader(
-                splits.train,
-                c.batch_size,
-                mean=splits.mean,
-                std=splits.std,
-                shuffle=True,
-                drop_last=True,
-                seed=derive_seed(c.seed, 1),
-            )
-            for c in configs
-        ]
+        self.loaders = [train_loader(c, splits) for c in configs]  # their orders
         self.x_train = normalize(to_unit(splits.train.images), splits.mean, splits.std).to(dev)
         self.y_train = splits.train.labels.to(dev)
         self.x_test = normalize(to_unit(splits.test.images), splits.mean, splits.std).to(dev)
