@@ -127,6 +127,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="seconds kept at the end to stop the sweep and write the store (default 30)",
     )
     ap.add_argument(
+        "--drain",
+        type=float,
+        default=0.0,
+        help="seconds before the stop at which the sweep is asked to finish what it runs and "
+        "start nothing new, so that no bundle is cut short (0: off; a bundle's time is a good "
+        "value)",
+    )
+    ap.add_argument(
         "--grace",
         type=float,
         default=15.0,
@@ -353,6 +361,11 @@ class Sweep:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
 
+    def drain(self) -> None:
+        """SIGUSR1 to every process of the sweep: each worker finishes and records the trials
+        it runs, then claims no more (``mup2.sweep.engine.DRAIN_SIGNAL``)."""
+        self._signal_group(signal.SIGUSR1)
+
     def stop(self, grace: float, say: Callable[[str], None]) -> None:
         """Ctrl-C to the driver: it stops its workers, which queue their trials again. After
         ``grace`` seconds, SIGTERM to every process of the sweep (the same, from each worker),
@@ -525,8 +538,14 @@ def main(argv: list[str] | None = None) -> int:
         ]
         say("$ python3 " + " ".join(command[1:]))
         sweep = Sweep(command, root, env, log)
+        drain_at, drained = deadline - args.drain, False
         while sweep.alive() and not stop_asked.is_set() and time.monotonic() < deadline:
+            if args.drain > 0 and not drained and time.monotonic() >= drain_at:
+                say(f"{args.drain:.0f} s to the deadline: the sweep finishes what runs (SIGUSR1)")
+                sweep.drain()
+                drained = True
             sweep.wait(min(1.0, deadline - time.monotonic()))
+        stopped = drained
         if sweep.alive():
             why = "asked to stop" if stop_asked.is_set() else "the budget's deadline"
             say(f"{why}: stopping the sweep (its running trials are queued again)")

@@ -335,3 +335,30 @@ def test_an_interrupted_point_keeps_its_place_in_grid_order(tmp_path: Path, batc
     assert run_worker(url, "order", batch=batch, max_trials=1) == 1
     done = [t for t in grid_trials(url, "order") if t.state == TrialState.COMPLETE]
     assert [t.user_attrs["grid"] for t in done] == [points[0].params()]
+
+
+def test_sigusr1_drains_a_batched_sweep(tmp_path: Path) -> None:
+    """SIGUSR1 to the sweep's process group (as experiments/gpu/run.py sends it before its
+    deadline): the running bundle finishes and is recorded, nothing more is claimed, nothing is
+    interrupted or requeued, and the rest stays waiting for the next run."""
+    cfg = sweep("drain", train=SLOW, grid=SLOW_GRID, batch=2)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    url = f"sqlite:///{tmp_path / 'run' / 'sweep.db'}"
+    proc = subprocess.Popen(
+        [*FOREGROUND_CLI, "sweep", str(path), "--run-dir", str(tmp_path / "run"), "--no-report",
+         "--no-progress", "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    found = list(lines_until(proc.stdout, *[r"trial (\d+) started"] * 2))
+    os.killpg(proc.pid, mup2.sweep.engine.DRAIN_SIGNAL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "runs did not finish" in err, err
+    assert "Traceback" not in err, err
+    study, _, points = open_sweep(url, "drain")
+    state = sweep_state(study, points)
+    assert (state.complete, state.running, state.waiting) == (2, 0, len(points) - 2)
+    done = {t.number for t in grid_trials(url, "drain") if t.state == TrialState.COMPLETE}
+    assert done == {int(m[1]) for m in found}
+    assert not [t for t in grid_trials(url, "drain") if t.state == TrialState.FAIL]

@@ -62,6 +62,7 @@ from mup2.sweep.store import StoreError, open_storage, redact, store_errors, sto
 from mup2.train import RunResult, load_data, resolve_device, train
 
 __all__ = [
+    "DRAIN_SIGNAL",
     "SweepState",
     "check_batches",
     "default_storage",
@@ -343,7 +344,7 @@ def run_worker(
     with store_errors(storage):
         while max_trials is None or ran < max_trials:
             _stop_if_asked()
-            if parent is not None and os.getppid() != parent:
+            if _DRAIN.is_set() or (parent is not None and os.getppid() != parent):
                 break
             _fail_lost(study, storage, cfg)
             left = None if max_trials is None else max_trials - ran
@@ -384,6 +385,11 @@ _STOP = threading.Event()
 #: Set while a trial trains: a stop request interrupts it at once. Elsewhere (store writes) the
 #: worker stops at the next safe point, never inside a write.
 _INTERRUPTIBLE = threading.Event()
+#: Set by :data:`DRAIN_SIGNAL` under :func:`stop_on_signals`: the worker finishes the trials it
+#: runs and claims no more (a time budget that should not cut a bundle short).
+_DRAIN = threading.Event()
+#: The signal that drains a worker (and a :func:`mup2.sweep.run_sweep` driver with its workers).
+DRAIN_SIGNAL = signal.SIGUSR1
 
 
 @contextlib.contextmanager
@@ -391,8 +397,9 @@ def stop_on_signals(*signals: signal.Signals) -> Iterator[None]:
     """While the body runs, ``signals`` (default SIGTERM and SIGINT) stop the worker: a training
     run is interrupted at once (:class:`KeyboardInterrupt`) and its trial requeued; otherwise the
     worker stops before its next store operation, never inside one. Repeats change nothing (a
-    driver killed with ``kill -9`` can send its parent-death signal once per thread). The old
-    handlers come back after. Main thread only."""
+    driver killed with ``kill -9`` can send its parent-death signal once per thread).
+    :data:`DRAIN_SIGNAL` (SIGUSR1) drains the worker instead: it finishes and records what it
+    runs, then claims nothing more. The old handlers come back after. Main thread only."""
 
     def stop(_signum: int, _frame: Any) -> None:
         if not _STOP.is_set() and _INTERRUPTIBLE.is_set():
@@ -400,14 +407,19 @@ def stop_on_signals(*signals: signal.Signals) -> Iterator[None]:
             raise KeyboardInterrupt
         _STOP.set()
 
+    def drain(_signum: int, _frame: Any) -> None:
+        _DRAIN.set()
+
     chosen = signals or (signal.SIGTERM, signal.SIGINT)
     old = {sig: signal.signal(sig, stop) for sig in chosen}
+    old[DRAIN_SIGNAL] = signal.signal(DRAIN_SIGNAL, drain)
     try:
         yield
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
         _STOP.clear()
+        _DRAIN.clear()
 
 
 def _stop_if_asked(*_: object) -> None:

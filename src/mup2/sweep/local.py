@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +19,7 @@ from tqdm import tqdm
 from mup2.errors import USER_ERROR, UserError
 from mup2.sweep.config import SweepConfig, parse_batch
 from mup2.sweep.engine import (
+    DRAIN_SIGNAL,
     SweepState,
     check_batches,
     default_storage,
@@ -83,7 +87,9 @@ def run_sweep(
     or a sweep that cannot be batched is an error before anything is written.
     Other machines may join at any time with :func:`mup2.sweep.run_worker` on the same storage.
     Ctrl-C stops the workers, whose running trials are queued again; running the same sweep
-    again resumes it: finished trials are kept. Without ``progress`` each worker prints a line
+    again resumes it: finished trials are kept. :data:`~mup2.sweep.engine.DRAIN_SIGNAL` (SIGUSR1,
+    to the driver or its process group) drains: the workers finish and record the trials they
+    run, and the sweep returns with the rest waiting. Without ``progress`` each worker prints a line
     per trial instead of the progress bar.
     """
     if (workers if workers is not None else cfg.workers) < 1:
@@ -98,13 +104,30 @@ def run_sweep(
     n = workers or cfg.workers
     ctx = mp.get_context("spawn")
     state = sweep_state(study, points)
-    with tqdm(total=state.total, desc=f"sweep {cfg.name}", unit="run", disable=not progress) as bar:
+    procs: list[BaseProcess] = []
+    drained = threading.Event()
+
+    def drain(_signum: int, _frame: object) -> None:  # finish what runs, start nothing new
+        drained.set()
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, DRAIN_SIGNAL)
+
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(DRAIN_SIGNAL, drain) if main else None
+    with (
+        tqdm(total=state.total, desc=f"sweep {cfg.name}", unit="run", disable=not progress) as bar,
+        contextlib.ExitStack() as restore,
+    ):
+        if main:
+            restore.callback(signal.signal, DRAIN_SIGNAL, old)
         for _ in range(1 + cfg.max_retries + 1):
-            if not (state.waiting or state.running):
+            if not (state.waiting or state.running) or drained.is_set():
                 break
             before = state
             args = (storage, cfg.name, threads, size, os.getpid(), not progress)
-            procs = [ctx.Process(target=_worker_main, args=args) for _ in range(n)]
+            procs[:] = [ctx.Process(target=_worker_main, args=args) for _ in range(n)]
             for p in procs:
                 p.start()
             try:
@@ -122,7 +145,8 @@ def run_sweep(
                     p.join()
             state = _show(bar, sweep_state(study, points))
             crashed = [p.exitcode for p in procs if p.exitcode]
-            if crashed and state.complete == before.complete and (state.waiting or state.running):
+            stuck = state.complete == before.complete and (state.waiting or state.running)
+            if crashed and stuck and not drained.is_set():
                 raise RuntimeError(
                     f"every worker stopped without finishing a trial (exit codes {crashed}); "
                     "see their messages above"
