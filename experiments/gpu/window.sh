@@ -4,9 +4,10 @@
 #   experiments/gpu/window.sh smoke [BUDGET] [WIDTHS]
 #       the kit's smoke sweep (smoke.toml, bundles), then benchmarks/bench_batched.py on CUDA:
 #       trials/hour batched against one at a time, MFU and peak memory at each width
-#   experiments/gpu/window.sh study CONFIG:BUDGET[:STORE] ... [-- RUN_PY_FLAGS]
+#   experiments/gpu/window.sh study CONFIG:BUDGET[:STORE[:DRAIN]] ... [-- RUN_PY_FLAGS]
 #       each config in turn through run.py (bundles sized from free memory), its store copied
-#       to $OUT as soon as it is written
+#       to $OUT as soon as it is written; DRAIN: run.py's --drain (seconds before its deadline
+#       at which the sweep finishes what runs and starts nothing new; about a bundle's time)
 #
 # Everything else (each run's log and CSV, the benchmark's table) goes into $OUT/logs.tgz at
 # the end, so at most (number of stores + 2) files come back, whatever stops the command.
@@ -36,17 +37,18 @@ study)
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do specs+=("$1"); shift; done
     [ $# -gt 0 ] && shift
     for spec in "${specs[@]}"; do
-        IFS=: read -r config budget store <<<"$spec"
+        IFS=: read -r config budget store drain <<<"$spec"
         stem=$(basename "$config" .toml)
         flags=(--batch auto --out "$work/$stem" "$@")
         [ -n "${store:-}" ] && flags+=(--store "$store")
+        [ -n "${drain:-}" ] && flags+=(--drain "$drain")
         python3 experiments/gpu/run.py "$config" "$budget" "${flags[@]}"
         cp "$work/$stem"/*.db.gz "$OUT/" 2>/dev/null
         tail -n 5 "$work/$stem"/*.log
     done
     ;;
 *)
-    echo "usage: $0 smoke [BUDGET] [WIDTHS] | study CONFIG:BUDGET[:STORE] ... [-- FLAGS]" >&2
+    echo "usage: $0 smoke [BUDGET] [WIDTHS] | study CONFIG:BUDGET[:STORE[:DRAIN]] ... [-- FLAGS]" >&2
     exit 2
     ;;
 esac
