@@ -1,4 +1,5 @@
-# Everything a fresh machine needs: `make demo` (set-up + the main job), `make test` (set-up + checks).
+# Everything a fresh machine needs: `make demo` (set-up + the main job), `make test` (set-up,
+# PostgreSQL for the sweep tests, then every check).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 
 FMNIST_DIR := $(or $(MUP2_FASHION_MNIST_DIR),/usr/share/datasets/fashion-mnist)
 
-.PHONY: setup data lint test test-fast demo bench clean
+.PHONY: setup data postgres lint test test-fast demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,7 +21,7 @@ lint: setup
 	$(BIN)/ruff format --check
 	$(BIN)/mypy
 
-test: lint
+test: postgres lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
@@ -35,6 +36,19 @@ data:
 	else \
 		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set" \
 		     "MUP2_FASHION_MNIST_DIR to a directory with the four IDX files"; exit 2; \
+	fi
+
+# PostgreSQL for the sweep tests (they start a throwaway server on 127.0.0.1), from Debian's
+# postgresql package when tests/sweep/conftest.py finds no server binaries (needs root).
+postgres: setup
+	@if $(BIN)/python tests/sweep/conftest.py; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing PostgreSQL for the sweep tests (apt-get install postgresql)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+		echo "PostgreSQL is missing, and the sweep tests need it: run 'sudo apt-get install" \
+		     "postgresql' (or your system's package with initdb and pg_ctl on PATH), then" \
+		     "'make test' again; 'make test-fast' runs without it"; exit 2; \
 	fi
 
 demo: setup data

@@ -1,4 +1,7 @@
-"""The sweep tests' PostgreSQL server (one per session, started on first use)."""
+"""The sweep tests' PostgreSQL server (one per session, started on first use).
+
+``python tests/sweep/conftest.py`` exits with 0 when the server's binaries are found and 1 when
+not: ``make test`` asks it before installing the ``postgresql`` package."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,18 @@ import pytest
 
 
 def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
+    """The directory of PostgreSQL's ``initdb`` and ``pg_ctl``: Debian's newest
+    ``/usr/lib/postgresql/*/bin``, else wherever ``initdb`` on PATH lives (``None``: neither)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=_version)
+    if found:
+        return found[-1].parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).resolve().parent if on_path else None
+
+
+def _version(initdb: Path) -> tuple[int, ...]:
+    """The major version in ``/usr/lib/postgresql/VERSION/bin/initdb`` (``16`` after ``9.6``)."""
+    return tuple(int(x) for x in initdb.parents[1].name.split(".") if x.isdigit())
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +38,8 @@ def postgres() -> Any:
     pg = _pg_bin()
     if pg is None:
         if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: .ci/run installs the 'postgresql' package")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+            pytest.fail("PostgreSQL is not installed: `make test` installs it (package postgresql)")
+        pytest.skip("PostgreSQL is not installed (`make test` installs it as root)")
     root = Path(tempfile.mkdtemp(prefix="mup2-pg-"))  # outside pytest's root-only tmp tree
     data = root / "data"
     as_user: list[str] = []
@@ -46,3 +60,7 @@ def postgres() -> Any:
         subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate",
                         "stop"], capture_output=True)  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(0 if _pg_bin() is not None else 1)
