@@ -4,8 +4,10 @@ with forward pre-hooks, tied tensors under each of their roles, and attention lo
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -119,3 +121,93 @@ def test_attention_logits_are_measured() -> None:
         attention=False,
     )
     assert sqrt_d.slope("1:logits", "update") >= 0.3
+
+
+class Attention(nn.Module):
+    """Self-attention with a settable head dimension, computed by SDPA, by
+    ``nn.MultiheadAttention`` (``need_weights`` picks its SDPA or explicit path) or by hand
+    (``q @ k.T``, ``Tensor.softmax``); ``causal`` masks the future. Logits scaled by
+    ``1/sqrt(head_dim)`` on every path."""
+
+    def __init__(self, width: int, path: str, causal: bool = False) -> None:
+        super().__init__()
+        self.head_dim, self.path, self.causal = width // 2, path, causal
+        self.inp, self.head = nn.Linear(6, width), nn.Linear(width, 3)
+        self.mha = nn.MultiheadAttention(width, 2, batch_first=True, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        b, n, d = h.shape
+        mask = torch.ones(n, n, dtype=torch.bool).triu(1) if self.causal else None
+        if self.path in ("mha-sdpa", "mha-explicit"):
+            out, _ = self.mha(h, h, h, need_weights=self.path == "mha-explicit", attn_mask=mask)
+        else:  # the MHA's projections, the attention by SDPA or by hand
+            w = self.mha.in_proj_weight
+            q, k, v = (
+                t.view(b, n, 2, self.head_dim).transpose(1, 2) for t in (h @ w.T).chunk(3, -1)
+            )
+            if self.path == "sdpa":
+                att = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+            else:
+                logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+                if mask is not None:
+                    logits = logits.masked_fill(mask, float("-inf"))
+                att = logits.softmax(-1) @ v
+            out = self.mha.out_proj(att.transpose(1, 2).reshape(b, n, d))
+        result: Tensor = self.head(out.mean(1))
+        return result
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_logits_are_measured_on_every_path(causal: bool) -> None:
+    """The logits of one attention, computed by SDPA, by nn.MultiheadAttention on either path
+    or by hand with a softmax, measure the same (a masked entry is left out); the paths differ
+    only in rounding."""
+    x, y = _xy()
+    found = {}
+    for path in ("sdpa", "by-hand", "mha-sdpa", "mha-explicit"):
+        factory = partial(Attention, path=path, causal=causal)
+        r = coord_check(factory, WIDTHS, x, y, seeds=(0,), attention=False)
+        name = "mha:logits" if path.startswith("mha") else "(root):logits"
+        assert r.layer(name).group == "attention", path
+        found[path] = {q: r.values[(0, name, q)] for q in ("activation", "update")}
+    for path, values in found.items():
+        for q, v in values.items():
+            assert all(math.isfinite(a) for a in v), (path, q, v)
+            assert v == pytest.approx(found["sdpa"][q], rel=1e-9), (path, q)
+
+
+def test_a_softmax_outside_attention_is_not_taken_for_logits() -> None:
+    def net(width: int) -> nn.Sequential:
+        return nn.Sequential(nn.Linear(6, width), nn.Softmax(-1), nn.Linear(width, 3))
+
+    r = coord_check(net, WIDTHS, torch.randn(8, 6), torch.randint(0, 3, (8,)), seeds=(0,))
+    assert not [lay for lay in r.layers if lay.group == "attention"]
+
+
+class KeptAttention(nn.Module):
+    """A tensor mup2 cannot re-initialize and an nn.MultiheadAttention whose head dimension
+    grows: two warnings at every width."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.inp, self.head = nn.Linear(6, width), nn.Linear(width, 3)
+        self.gain = nn.Parameter(torch.randn(width) + 3.0)
+        self.mha = nn.MultiheadAttention(width, 2, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x) * self.gain
+        out: Tensor = self.head(self.mha(h, h, h)[0].mean(1))
+        return out
+
+
+def test_warnings_are_given_once_not_per_width() -> None:
+    x, y = _xy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        coord_check(KeptAttention, (16, 32, 64, 128), x, y, seeds=(0, 1))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages
+    assert "cannot re-initialize ['gain']" in messages[0]
+    assert "head_dim grows 8 -> 64" in messages[1]  # as at the largest width
+    assert {w.filename for w in caught} == {__file__}  # from the caller's line

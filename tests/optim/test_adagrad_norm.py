@@ -191,6 +191,6 @@ def test_state_dict_round_trip_continues_bit_for_bit() -> None:
 def test_a_refused_non_finite_eps0_group_is_not_kept() -> None:
     a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
     opt = AdaGradNorm([a], eps0=1e-3)
-    with pytest.raises(ValueError, match=r"^eps0 must be finite, got nan$"):
+    with pytest.raises(ValueError, match=r"^param group 1: eps0 must be finite, got nan$"):
         opt.add_param_group({"params": [b], "eps0": float("nan")})
     assert len(opt.param_groups) == 1

@@ -151,7 +151,11 @@ def test_override_errors() -> None:
         Parametrization.infer(mlp(64), mlp(16), overrides={"haed.*": "output"})
     with pytest.raises(ValueError, match=r"unknown override keys \['lr'\]"):
         Parametrization.infer(mlp(64), mlp(16), overrides={"0.*": {"lr": 2.0}})
-    with pytest.raises(ValueError, match="'sideways' is not a valid Role"):
+    with pytest.raises(
+        ValueError,
+        match=r"override '0\.\*': role 'sideways' is not a role; choose one of input, hidden, "
+        "output, scalar",
+    ):
         Parametrization.infer(mlp(64), mlp(16), overrides={"0.*": "sideways"})
 
 

@@ -16,17 +16,27 @@ observed with hooks that are removed afterwards; the user's modules are never ed
 input is recorded before any other forward pre-hook runs and its output after every forward
 hook, so replaying it applies each hook once. A module the model never calls (its parameters
 used functionally, like ``nn.MultiheadAttention.out_proj``) is measured at the output of its
-nearest called ancestor, with only its own parameters changed. Attention logits
-(``q.k * scale`` of every ``F.scaled_dot_product_attention`` call, attributed to the module that
-makes it, layer ``"<module>:logits"``, group ``attention``) have ``activation``, ``update`` and
-``total_perturbation`` (changes of the whole forward) and no effective perturbation (``nan``).
-Each forward and functional call starts from the same RNG seed, so dropout masks agree.
+nearest called ancestor, with only its own parameters changed. Attention logits, layer
+``"<module>:logits"`` of the module that computes them, group ``attention``, are measured
+whether or not they go through SDPA: the ``q.k * scale`` (mask added) of every
+``F.scaled_dot_product_attention`` call, and the input of every softmax over the last dimension
+that an attention module (one with a head dimension: ``head_dim``, ``attention_head_size`` or
+``d_head``, as ``nn.MultiheadAttention`` and Hugging Face's have) takes itself, as
+``nn.MultiheadAttention`` does with ``need_weights=True``, eager Hugging Face attention and
+attention written out by hand (``F.softmax``, ``torch.softmax`` or ``Tensor.softmax``). A
+softmax elsewhere is no attention's and is not taken; masked entries are left out. They have
+``activation``, ``update`` and ``total_perturbation`` (changes of the whole forward) and no
+effective perturbation (``nan``). Each forward and functional call starts from the same RNG
+seed, so dropout masks agree. A warning (a kept tensor, an attention scale that cannot be set)
+is given once, at the largest width, not once per width and seed.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -39,11 +49,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mup2.errors import (
+    check_class,
+    check_instance,
+    check_integer,
+    check_iterable,
+    check_number,
+    shown,
+)
 from mup2.optim.contexts import frozen_bn_stats
 from mup2.optim.families import family_of_variant
 from mup2.optim.lightsam import LightSAM, Variant
 from mup2.optim.rules import get_rule
 from mup2.optim.sam import SAM
+from mup2.parametrization.attention import head_dim
 from mup2.parametrization.parametrize import Override, Parametrization
 from mup2.parametrization.schemes import MUP_SGD, Scheme, get_scheme
 from mup2.parametrization.shapes import BaseSpec, is_norm, normalize_name, role_overrides
@@ -219,7 +238,11 @@ class CoordCheck:
 
 
 def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
-    ws = tuple(widths)
+    if isinstance(widths, str):
+        raise TypeError(
+            f"widths must be a sequence of integers such as [64, 128, 256], got {shown(widths)}"
+        )
+    ws = tuple(check_iterable("widths", widths))
     if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in ws):
         raise ValueError(f"widths must be positive integers, got {list(ws)}")
     if len(ws) < 3:
@@ -335,8 +358,8 @@ _Call = tuple[tuple[Any, ...], dict[str, Any], Tensor]  # (args, kwargs, flat ou
 class _Recorder:
     """Hooks on every module of ``model``: while ``active``, the calls of ``modules`` (inputs
     before any other pre-hook, output after every forward hook), how often each module ran,
-    and the attention logits of every ``F.scaled_dot_product_attention`` call, by the module
-    running it (see :meth:`sdpa`)."""
+    and the attention logits of every attention, by the module running it (see
+    :meth:`attention`)."""
 
     def __init__(self, model: nn.Module, modules: Mapping[str, nn.Module]) -> None:
         self.active = False
@@ -346,6 +369,8 @@ class _Recorder:
         self.logits: dict[str, list[Tensor]] = {}
         self._stack: list[str] = []
         self._pending: dict[str, list[tuple[Any, Any]]] = {n: [] for n in modules}
+        self._attention = {n for n, m in model.named_modules() if head_dim(m) is not None}
+        self._in_softmax = False
         self._handles = []
         for name, mod in model.named_modules():
             self._handles.append(
@@ -375,20 +400,57 @@ class _Recorder:
 
         return hook
 
-    def _logit(self, q: Tensor, k: Tensor, scale: float | None) -> None:
-        if k.shape[-3] != q.shape[-3] and q.dim() >= 3:
-            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-        s = q.shape[-1] ** -0.5 if scale is None else scale
-        logits = (q.detach().to(torch.float64) @ k.detach().to(torch.float64).transpose(-2, -1)) * s
+    def _record(self, logits: Tensor, dtype: torch.dtype) -> None:
+        """Record ``logits`` (float64) for the module running; masked entries (``-inf``, or
+        below half of ``dtype``'s lowest value, as Hugging Face masks them) become ``nan``,
+        left out of every RMS."""
+        low = torch.finfo(dtype).min / 2
+        logits = logits.masked_fill(~(logits.isfinite() & (logits > low)), math.nan)
         name = f"{self._stack[-1] if self._stack and self._stack[-1] else '(root)'}:logits"
         self.logits.setdefault(name, []).append(logits.reshape(-1))
 
-    @contextmanager
-    def sdpa(self) -> Iterator[None]:
-        """Route ``F.scaled_dot_product_attention`` through the recorder within the block."""
-        orig = F.scaled_dot_product_attention
+    def _logit(
+        self, q: Tensor, k: Tensor, scale: float | None, mask: Tensor | None, causal: bool
+    ) -> None:
+        """The logits of a ``scaled_dot_product_attention`` call, as its softmax sees them:
+        with the mask added (a boolean one: ``-inf`` where ``False``) and, when ``causal``,
+        ``-inf`` above the diagonal."""
+        if k.shape[-3] != q.shape[-3] and q.dim() >= 3:
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+        s = q.shape[-1] ** -0.5 if scale is None else scale
+        q64, k64 = q.detach().to(torch.float64), k.detach().to(torch.float64)
+        logits = (q64 @ k64.transpose(-2, -1)) * s
+        if causal:
+            keep = torch.ones(logits.shape[-2:], dtype=torch.bool, device=logits.device).tril()
+            logits = logits.masked_fill(~keep, -math.inf)
+        dtype = q.dtype
+        if mask is not None and mask.dtype == torch.bool:
+            logits = logits.masked_fill(~mask, -math.inf)
+        elif mask is not None:
+            logits, dtype = logits + mask.detach().to(torch.float64), mask.dtype
+        self._record(logits, dtype)
 
-        def recorded(
+    def _softmax_input(self, x: Tensor, dim: Any) -> None:
+        """Record a softmax's input as attention logits when an attention module (one with a
+        head dimension, :func:`~mup2.parametrization.attention.head_dim`) applies it itself,
+        over the last dimension."""
+        if not (self._stack and self._stack[-1] in self._attention):
+            return
+        if not isinstance(dim, int) or dim not in (-1, x.dim() - 1) or not x.is_floating_point():
+            return
+        self._record(x.detach().to(torch.float64), x.dtype)
+
+    @contextmanager
+    def attention(self) -> Iterator[None]:
+        """Within the block, record attention logits: the ``q.k * scale`` of every
+        ``F.scaled_dot_product_attention`` call, and the input of a softmax that an attention
+        module takes itself (``F.softmax``, ``torch.softmax``, ``Tensor.softmax``: the explicit
+        path of ``nn.MultiheadAttention`` with ``need_weights=True``, eager Hugging Face
+        attention, attention written out by hand)."""
+        sdpa, f_softmax, t_softmax = F.scaled_dot_product_attention, F.softmax, torch.softmax
+        own = "softmax" in vars(torch.Tensor)
+
+        def recorded_sdpa(
             query: Tensor,
             key: Tensor,
             value: Tensor,
@@ -399,14 +461,38 @@ class _Recorder:
             **kwargs: Any,
         ) -> Tensor:
             if self.active:
-                self._logit(query, key, scale)
-            return orig(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, **kwargs)
+                self._logit(query, key, scale, attn_mask, is_causal)
+            return sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, **kwargs)
 
-        F.scaled_dot_product_attention = recorded  # type: ignore[assignment]
+        def softmax(orig: Callable[..., Tensor]) -> Callable[..., Tensor]:
+            def recorded(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+                if self._in_softmax:  # F.softmax calls Tensor.softmax: one record
+                    return orig(x, *args, **kwargs)
+                if self.active:
+                    self._softmax_input(x, args[0] if args else kwargs.get("dim"))
+                self._in_softmax = True
+                try:
+                    return orig(x, *args, **kwargs)
+                finally:
+                    self._in_softmax = False
+
+            return recorded
+
+        method = torch.Tensor.softmax
+        F.scaled_dot_product_attention = recorded_sdpa  # type: ignore[assignment]
+        F.softmax = softmax(f_softmax)
+        torch.softmax = softmax(t_softmax)
+        torch.Tensor.softmax = softmax(method)  # type: ignore[method-assign]
         try:
             yield
         finally:
-            F.scaled_dot_product_attention = orig
+            F.scaled_dot_product_attention = sdpa
+            F.softmax = f_softmax
+            torch.softmax = t_softmax
+            if own:
+                torch.Tensor.softmax = method  # type: ignore[method-assign]
+            else:
+                del torch.Tensor.softmax
 
     @contextmanager
     def recording(self) -> Iterator[dict[str, list[_Call]]]:
@@ -431,7 +517,11 @@ def _host(name: str, called: Mapping[str, int]) -> str:
     return name
 
 
-def _rms(diffs: Sequence[Tensor]) -> float:
+def _rms(diffs: Sequence[Tensor], *, skip_nan: bool = False) -> float:
+    """The RMS over every entry of ``diffs`` (``skip_nan``: over the entries that are not
+    ``nan``, as masked attention logits are); ``nan`` for none."""
+    if skip_nan:
+        diffs = [d[~d.isnan()] for d in diffs]
     n = sum(d.numel() for d in diffs)
     if n == 0:
         return math.nan
@@ -479,9 +569,9 @@ def _logit_values(
             got = other.get(key, [])
             if len(got) != len(at_w[key]):
                 return math.nan
-            return _rms([b - a for a, b in zip(at_w[key], got, strict=True)])
+            return _rms([b - a for a, b in zip(at_w[key], got, strict=True)], skip_nan=True)
 
-        out[(t, key, "activation")] = _rms(base)
+        out[(t, key, "activation")] = _rms(base, skip_nan=True)
         out[(t, key, "total_perturbation")] = diff(at_wp)
         out[(t, key, "update")] = diff(at_w1)
         out[(t, key, "effective_perturbation")] = math.nan
@@ -510,7 +600,7 @@ def _measure_run(
         hosts = {name: _host(name, probe.counts) for name in modules}
         rec = _Recorder(model, {h: all_mods[h] for h in set(hosts.values())})
         stack.callback(rec.remove)
-        stack.enter_context(rec.sdpa())
+        stack.enter_context(rec.attention())
         for t in range(steps):
             opt.zero_grad(set_to_none=True)
             with rec.recording() as at_w:
@@ -557,6 +647,81 @@ def _measure_run(
     return out
 
 
+def _check_arguments(
+    factory: ModelFactory,
+    inputs: Tensor,
+    targets: Tensor,
+    numbers: Mapping[str, float],
+    steps: int,
+    seeds: Sequence[int],
+    dtype: torch.dtype,
+) -> tuple[int, ...]:
+    """Refuse arguments of :func:`coord_check` of the wrong kind before any model is built,
+    naming the argument; the seeds as a tuple (read once, if an iterator)."""
+    if isinstance(factory, nn.Module) or not callable(factory):
+        raise TypeError(
+            "factory must build a model from its width: a class such as MLP, or a function "
+            f"such as partial(MLP, in_features=32), got {shown(factory)}; pass the class, not "
+            "a built model"
+        )
+    check_instance("inputs", inputs, Tensor, "a tensor (one fixed batch)")
+    check_instance("targets", targets, Tensor, "a tensor (the batch's targets)")
+    for name, value in numbers.items():
+        check_number(name, value)
+    check_integer("steps", steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    seeds_ = tuple(check_iterable("seeds", seeds))
+    if not seeds_:
+        raise ValueError("seeds must not be empty")
+    for seed in seeds_:
+        check_integer("seeds", seed)
+    check_instance("dtype", dtype, torch.dtype, "a torch.dtype such as torch.float64")
+    return seeds_
+
+
+def _check_training(
+    loss_fn: LossFn,
+    base_optimizer: type[torch.optim.Optimizer],
+    base_kwargs: Mapping[str, Any] | None,
+) -> None:
+    """Refuse a loss or base optimizer of :func:`coord_check` of the wrong kind."""
+    if not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn must be a function (output, targets) -> loss, got {shown(loss_fn)}"
+        )
+    check_class(
+        "base_optimizer",
+        base_optimizer,
+        torch.optim.Optimizer,
+        "a torch optimizer class",
+        "pass the class, and its arguments in base_kwargs: "
+        "coord_check(..., base_optimizer=torch.optim.SGD, base_kwargs={'momentum': 0.9})",
+    )
+    if base_kwargs is not None and not isinstance(base_kwargs, Mapping):
+        raise TypeError(
+            f"base_kwargs must be a dict of keyword arguments, got {shown(base_kwargs)}"
+        )
+
+
+@contextmanager
+def _warnings_once() -> Iterator[None]:
+    """Give each warning raised in the block once, not once per width and seed: warnings that
+    differ only in their numbers (``head_dim grows 8 -> 16``, ``8 -> 32``) are one, given as
+    last raised (at the largest width), in the order first raised, from the caller's line."""
+    caught: list[warnings.WarningMessage] | None = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:  # also when the check fails: the warnings may say why
+        last: dict[tuple[type[Warning], str], warnings.WarningMessage] = {}
+        for w in caught or []:
+            last[(w.category, re.sub(r"\d+", "#", str(w.message)))] = w
+        for w in last.values():
+            warnings.warn(w.message, w.category, stacklevel=4)  # coord_check's caller
+
+
 def coord_check(
     factory: ModelFactory,
     widths: Sequence[int],
@@ -598,10 +763,10 @@ def coord_check(
     models do not differ in width.
     """
     ws = _check_widths(widths)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if not seeds:
-        raise ValueError("seeds must not be empty")
+    seeds = _check_arguments(
+        factory, inputs, targets, {"rho": rho, "lr": lr, "eta": eta}, steps, seeds, dtype
+    )
+    _check_training(loss_fn, base_optimizer, base_kwargs)
     sch = get_scheme(scheme)
     if optimizer is None:
         rule_ = get_rule(rule)
@@ -623,7 +788,10 @@ def coord_check(
     sums: dict[tuple[int, str, str], list[float]] = {}
     layers: tuple[Layer, ...] = ()
     cuda = [inputs.device.index or 0] if inputs.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):  # the caller's RNG state is left as it was
+    with (
+        torch.random.fork_rng(devices=cuda),  # the caller's RNG state is left as it was
+        _warnings_once(),
+    ):
         _check_factory(factory, ws, base_w)
         base: BaseSpec = _base_model(factory, base_w)
         for w_i, width in enumerate(ws):

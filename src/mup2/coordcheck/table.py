@@ -17,6 +17,7 @@ from mup2.coordcheck.measure import (
     Slope,
     coord_check,
 )
+from mup2.errors import check_iterable
 from mup2.optim.rules import LIGHTSAM_RULES, RULES, get_rule
 from mup2.tables import format_table
 
@@ -97,6 +98,8 @@ def table1(
 ) -> list[CoordCheck]:
     """Run :func:`mup2.coordcheck.coord_check` for every rule and scaling (``kwargs`` are passed
     on); format the results with :func:`format_table1`. SAM-ON needs normalization layers."""
+    widths = tuple(check_iterable("widths", widths))  # read by every run, so read once here
+    kwargs = {name: check_iterable(name, value) for name, value in kwargs.items()}
     return [
         coord_check(factory, widths, inputs, targets, rule=rule, scaling=scaling, **kwargs)
         for rule in rules

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch.optim.optimizer import ParamsT
 
-from mup2.errors import check_finite
+from mup2.errors import check_number
+from mup2.optim.sam import check_params
 from mup2.optim.shards import locals_, shard_reducer
 
 __all__ = ["AdaGradNorm"]
@@ -35,7 +36,8 @@ class AdaGradNorm(torch.optim.Optimizer):
         width_aware: bool = True,
     ) -> None:
         for name, value in (("lr", lr), ("eps0", eps0), ("weight_decay", weight_decay)):
-            check_finite(name, value)
+            check_number(name, value)
+        params = check_params(params)
         if not lr > 0.0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if not eps0 > 0.0:
@@ -47,8 +49,9 @@ class AdaGradNorm(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            check_finite("eps0", group["eps0"])
-        except ValueError:
+            for name in ("lr", "eps0", "weight_decay"):
+                check_number(f"param group {len(self.param_groups) - 1}: {name}", group[name])
+        except (TypeError, ValueError):
             self.param_groups.pop()
             raise
         if group["eps0"] != self.param_groups[0]["eps0"]:

@@ -17,12 +17,13 @@ The accumulators are optimizer state: they are checkpointed and resume bit for b
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
+from mup2.errors import check_number, shown
 from mup2.optim.families import family_of_variant
 from mup2.optim.perturb import norms
 from mup2.optim.rules import LIGHTSAM_RULES, Rule
@@ -82,6 +83,16 @@ class LightSAM(SAM):
         model: nn.Module | None = None,
         sync_perturbation: bool = False,
     ) -> None:
+        if not isinstance(variant, str):
+            raise TypeError(
+                f"variant must be one of {list(get_args(Variant))}, got {shown(variant)}; "
+                "LightSAM builds its descent optimizer from the variant (mup2.SAM takes an "
+                "optimizer class)"
+            )
+        numbers = {"lr": lr, "rho": rho, "betas": betas, "eps": eps, "eps0": eps0}
+        numbers |= {"weight_decay": weight_decay, "ascent_beta1": ascent_beta1}
+        for name, value in numbers.items():
+            check_number(name, value)
         base, kw = descent_optimizer(
             variant, lr=lr, betas=betas, eps=eps, eps0=eps0, weight_decay=weight_decay
         )

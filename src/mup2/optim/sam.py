@@ -7,7 +7,7 @@ momentum and gradient clipping act only in the base step; the ascent uses the lo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal, get_args
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
-from mup2.errors import check_finite
+from mup2.errors import check_class, check_finite, check_instance, check_iterable, check_number
 from mup2.optim.contexts import frozen_bn_stats, gradient_sync, no_sync
 from mup2.optim.lr_multipliers import attach_lr_multipliers
 from mup2.optim.perturb import by_device_and_dtype, perturbation_direction
@@ -24,7 +24,7 @@ from mup2.optim.rules import RULES, Factor, Rule, get_rule
 from mup2.optim.shards import Reduce, is_dtensor, locals_, shard_reducer
 from mup2.roles import Role
 
-__all__ = ["SAM", "Plan", "Restore", "owns_storage"]
+__all__ = ["SAM", "Plan", "Restore", "check_params", "owns_storage"]
 
 Restore = Literal["copy", "swap", "subtract"]
 
@@ -40,6 +40,43 @@ _GROUP_DEFAULTS: dict[str, Any] = {
     "lr_mult": 1.0,
     "weight_scale": 1.0,
 }
+
+#: Keyword arguments of torch's optimizers that are numbers: a string there is refused by
+#: name (torch would fail later, comparing it with a number).
+_NUMBERS = frozenset(
+    {"lr", "momentum", "dampening", "weight_decay", "eps", "betas", "alpha", "lr_decay"}
+)
+#: Group keys that must be numbers: the hyperparameters and the width metadata SAM reads.
+_GROUP_NUMBERS = (
+    _NUMBERS | {"rho", "eta"} | {k for k, v in _GROUP_DEFAULTS.items() if isinstance(v, float)}
+)
+
+
+def _reads_as_number(value: object) -> bool:
+    """A string (or a tuple or list holding one) that reads as a number: ``lr="0.1"``."""
+    for v in value if isinstance(value, tuple | list) else (value,):
+        if isinstance(v, str):
+            try:
+                float(v)
+                return True
+            except ValueError:
+                pass
+    return False
+
+
+def check_params(params: ParamsT) -> ParamsT:
+    """The ``params`` of an optimizer, checked: not a model (its parameters are wanted), and a
+    generator read into a list (:func:`mup2.errors.check_iterable`: one already read, and so
+    empty, is an error that says so)."""
+    if isinstance(params, nn.Module):
+        raise TypeError(
+            f"params must be the tensors or param groups to optimize, got {type(params).__name__}"
+            " (a model); pass model.parameters(), or the groups of "
+            "mup2.Parametrization.infer(...).param_groups(model)"
+        )
+    if isinstance(params, Iterator):
+        return check_iterable("params", params, again="call model.parameters() again")
+    return params
 
 
 @dataclass(frozen=True)
@@ -200,8 +237,24 @@ class SAM(torch.optim.Optimizer):
         sync_perturbation: bool = False,
         **base_kwargs: Any,
     ) -> None:
-        for name, value in base_kwargs.items():
-            check_finite(name, value)  # torch's optimizers take lr=nan and weight_decay=inf
+        params = check_params(params)
+        check_class(
+            "base_optimizer",
+            base_optimizer,
+            torch.optim.Optimizer,
+            "a torch optimizer class",
+            "pass the class, and its arguments as keywords: "
+            f"{type(self).__name__}(params, torch.optim.SGD, lr=0.1, momentum=0.9)",
+        )
+        check_number("rho", rho)
+        check_number("eta", eta)
+        for name, value in base_kwargs.items():  # torch's take lr="0.1", lr=nan, inf
+            if name in _NUMBERS or _reads_as_number(value):
+                check_number(name, value)
+            else:
+                check_finite(name, value)
+        if model is not None:
+            check_instance("model", model, nn.Module, "the nn.Module it trains (or None)")
         if restore not in get_args(Restore):
             raise ValueError(f"restore must be one of {list(get_args(Restore))}, not {restore!r}")
         self.model, self.sync_perturbation = model, sync_perturbation
@@ -209,6 +262,9 @@ class SAM(torch.optim.Optimizer):
         defaults = {"rho": rho, "rule": rule, "scaling": scaling, "eta": eta, **_GROUP_DEFAULTS}
         super().__init__(params, defaults)
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        check_instance(
+            "base_optimizer(...)", self.base_optimizer, torch.optim.Optimizer, "a torch optimizer"
+        )
         self._base = self.base_optimizer
         self.param_groups = self.base_optimizer.param_groups
         for i, group in enumerate(self.param_groups):
@@ -236,7 +292,9 @@ class SAM(torch.optim.Optimizer):
     def _check_group(self, i: int, group: dict[str, Any]) -> Rule:
         """Refuse a group whose hyperparameters this optimizer cannot run; its rule."""
         for name, value in group.items():
-            if name != "params":
+            if name in _GROUP_NUMBERS or (name != "params" and _reads_as_number(value)):
+                check_number(f"param group {i}: {name}", value)
+            elif name != "params":
                 check_finite(f"param group {i}: {name}", value)
         if not (group["rho"] >= 0.0):
             raise ValueError(f"rho must be >= 0, got {group['rho']}")

@@ -30,6 +30,7 @@ __all__ = [
     "MuMultiheadAttention",
     "apply_attention",
     "find_attention",
+    "head_dim",
     "use_mup_attention",
 ]
 
@@ -61,7 +62,9 @@ class AttentionSpec:
         return cls(**d)
 
 
-def _head_dim(module: nn.Module) -> int | None:
+def head_dim(module: nn.Module) -> int | None:
+    """The head dimension of an attention module (its first positive integer attribute of
+    :data:`HEAD_DIM_ATTRS`); ``None`` for other modules."""
     for attr in HEAD_DIM_ATTRS:
         v = getattr(module, attr, None)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
@@ -83,7 +86,7 @@ def _scale_attr(module: nn.Module) -> str | None:
 
 def _attention_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, int]]:
     for name, mod in unwrap(model).named_modules():
-        d = _head_dim(mod)
+        d = head_dim(mod)
         if d is not None and (_scale_attr(mod) or isinstance(mod, nn.MultiheadAttention)):
             yield normalize_name(name), mod, d
 
@@ -107,7 +110,7 @@ def find_attention(
     specs, warns = [], []
     for name, mod, d in found:
         bmod = base_mods.get(name)
-        d0 = _head_dim(bmod) if bmod is not None else None
+        d0 = head_dim(bmod) if bmod is not None else None
         if bmod is None or d0 is None:
             continue
         attr = _scale_attr(mod)

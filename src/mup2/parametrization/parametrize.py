@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from mup2.errors import check_number, shown
 from mup2.optim.rules import get_rule
 from mup2.parametrization.attention import AttentionSpec, apply_attention, find_attention
 from mup2.parametrization.forward_multipliers import set_output_multiplier
@@ -27,6 +28,7 @@ from mup2.parametrization.shapes import (
     BaseSpec,
     ShapeError,
     TensorShape,
+    check_model,
     infer_shapes,
     match_patterns,
     named_parameters_with_owners,
@@ -59,17 +61,56 @@ class Override:
     rho_mult: float | None = None
     norm: bool | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse a role that is none and fields of the wrong type, naming the field."""
+        roles = ", ".join(r.value for r in Role)
+        if self.role is not None and self.role not in tuple(r.value for r in Role):
+            if isinstance(self.role, str):
+                raise ValueError(f"role {self.role!r} is not a role; choose one of {roles}")
+            raise TypeError(f"role must be a role name ({roles}), got {shown(self.role)}")
+        for name in ("init_mult", "init_std", "lr_mult", "wd_mult", "rho_mult"):
+            check_number(name, getattr(self, name), optional=True)
+        if self.norm is not None and not isinstance(self.norm, bool):
+            raise TypeError(f"norm must be True, False or None, got {shown(self.norm)}")
+
     @classmethod
     def coerce(cls, value: Override | str | Role | Mapping[str, Any]) -> Override:
+        """``value`` as an :class:`Override`: a role name, or a dict of its fields."""
         if isinstance(value, Override):
             return value
         if isinstance(value, str | Role):
             return cls(role=value)
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                "an override must be a role name, a dict of Override fields or an Override, "
+                f"got {shown(value)}"
+            )
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - allowed)
         if unknown:
             raise ValueError(f"unknown override keys {unknown}; allowed: {sorted(allowed)}")
         return cls(**value)
+
+    @classmethod
+    def by_pattern(
+        cls, overrides: Mapping[str, Override | str | Role | Mapping[str, Any]] | None
+    ) -> list[tuple[str, Override]]:
+        """``[(pattern, Override)]`` of an ``overrides`` argument (``None``: none); an error
+        names the argument or the pattern whose override is wrong."""
+        if overrides is None:
+            return []
+        if not isinstance(overrides, Mapping):
+            raise TypeError(
+                "overrides must be a dict {pattern: override}, e.g. {'head.*': 'output'} or "
+                f"{{'*.bias': {{'lr_mult': 2.0}}}}, got {shown(overrides)}"
+            )
+        out = []
+        for pattern, value in overrides.items():
+            try:
+                out.append((pattern, cls.coerce(value)))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"override {pattern!r}: {exc}") from None
+        return out
 
 
 @dataclass(frozen=True)
@@ -211,12 +252,8 @@ class Parametrization:
         }
         values = _all_params(model)
         base_values = _all_params(base) if isinstance(base, nn.Module) else {}
-        shipped = dict(getattr(unwrap(model), "mup2_overrides", None) or {})
-        pairs = [
-            (pat, Override.coerce(v))
-            for src in (shipped, overrides or {})
-            for pat, v in src.items()
-        ]
+        shipped = getattr(unwrap(model), "mup2_overrides", None)
+        pairs = Override.by_pattern(shipped) + Override.by_pattern(overrides)
         hits = match_patterns([pat for pat, _ in pairs], {n: t.aliases for n, t in shapes.items()})
         per_name: dict[str, list[Override]] = {n: [] for n in shapes}
         for pat, o in pairs:
@@ -305,6 +342,7 @@ class Parametrization:
     # -- applying ---------------------------------------------------------------------------
 
     def _params(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        check_model(model)
         every = _all_params(model)
         known = {a for n, t in self.tensors.items() for a in (n, *t.shape.aliases)}
         params = {n: every[n] for n in self.tensors if n in every}
@@ -361,6 +399,8 @@ class Parametrization:
         installs the forward multipliers and attention scales (:meth:`attach`), so a model
         restored from a checkpoint gets them back.
         """
+        check_number("lr", lr, optional=True)
+        check_number("weight_decay", weight_decay, optional=True)
         params = self._params(model)
         self.attach(model)
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mup2.errors import shown
 from mup2.roles import Power, Role
 
 __all__ = ["MUP_ADAM", "MUP_SGD", "SCHEMES", "SP", "RoleRule", "Scheme", "get_scheme"]
@@ -88,6 +89,11 @@ def get_scheme(scheme: str | Scheme) -> Scheme:
     """Look a scheme up by name (``sp``, ``mup-sgd``, ``mup-adam``; ``mup`` means ``mup-sgd``)."""
     if isinstance(scheme, Scheme):
         return scheme
+    if not isinstance(scheme, str):
+        raise TypeError(
+            f"scheme must be a scheme name ({', '.join(SCHEMES)} or mup) or a Scheme, got "
+            f"{shown(scheme)}"
+        )
     key = "mup-sgd" if scheme == "mup" else scheme
     if key not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose one of {sorted(SCHEMES)} or 'mup'")

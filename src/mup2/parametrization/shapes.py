@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from mup2.errors import check_instance, shown
 from mup2.roles import Role
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Layout",
     "ShapeError",
     "TensorShape",
+    "check_model",
     "infer_shapes",
     "is_norm",
     "layout_of",
@@ -437,6 +439,12 @@ def _base_shapes(base: nn.Module | Mapping[str, Sequence[int]]) -> dict[str, tup
     return {normalize_name(n): tuple(int(x) for x in s) for n, s in base.items()}
 
 
+def check_model(model: object, name: str = "model") -> None:
+    """Raise :class:`TypeError` unless ``model`` is a built ``nn.Module`` (not its class, not
+    ``model.parameters()``)."""
+    check_instance(name, model, nn.Module, "an nn.Module (a built model)")
+
+
 def infer_shapes(model: nn.Module, base: BaseSpec) -> dict[str, TensorShape]:
     """Infer ``m_in``, ``m_out`` and the role of every trainable tensor of ``model``.
 
@@ -446,14 +454,21 @@ def infer_shapes(model: nn.Module, base: BaseSpec) -> dict[str, TensorShape]:
     parameter order, a tied tensor under the name of its primary use (the embedding's, for an
     embedding tied to a readout). Raises :class:`ShapeError` naming the tensor on any mismatch.
     """
+    check_model(model)
+    if isinstance(base, bool) or not isinstance(base, nn.Module | Mapping | float | int):
+        fix = ""
+        if isinstance(base, type):
+            fix = (
+                f"; build it at the base width (the meta device is enough): "
+                f"with torch.device('meta'): {base.__qualname__}(...)"
+            )
+        raise TypeError(
+            "base must be a model at the base width (an nn.Module), a mapping name -> shape, "
+            f"or a width multiplier, got {shown(base)}{fix}"
+        )
     entries = [(normalize_name(n), p, o) for n, p, o in named_parameters_with_owners(model)]
     if not entries:
         raise ShapeError("the model has no trainable parameters")
-    if isinstance(base, bool) or not isinstance(base, nn.Module | Mapping | float | int):
-        raise TypeError(
-            "base must be an nn.Module, a mapping name -> shape, or a width multiplier, "
-            f"not {type(base).__name__}"
-        )
     if isinstance(base, float | int):
         if not (math.isfinite(base) and base > 0):
             raise ShapeError(f"width multiplier must be a positive number, got {base}")
