@@ -28,8 +28,10 @@ import yaml
 from typer.testing import CliRunner
 
 import mup2
+import mup2.sweep
 from mup2.cli import app
 from mup2.config import parse_config
+from mup2.coordcheck import coord_check, table1
 from mup2.sweep import parse_sweep_config, prepare
 from mup2.train import CHECKPOINT
 from mup2.train import train as train_run
@@ -211,6 +213,20 @@ CASES = [
         r"no sweep 'nope' .*studies there: 's'",
     ),
     Case("store", "sweep config `storage = 'nonsense'`", lambda d: _sweep(d, storage="x"), "URL"),
+    Case(
+        "store",
+        "sweep config `storage` in a missing directory (without `--mkdir`)",
+        lambda d: _sweep(d, storage=f"sqlite:///{d}/typo/sweep.db"),
+        r"no directory .*/typo for the store .*: to start a new sweep there, make it "
+        r"\(`mup2 sweep CONFIG --mkdir`\); to resume one, check the path",
+    ),
+    Case(
+        "store",
+        "a sweep's name reused with another training config",
+        lambda d: _sweep(d, storage=_store(d), train=TRAIN | {"epochs": 2, "seed": 3}),
+        r"study 's' in .* was made by a different sweep config: train\.epochs: 1 in the store, "
+        r"2 here; train\.seed: 0 in the store, 3 here\. Only the grid may grow",
+    ),
     # -- data -----------------------------------------------------------------------------
     Case(
         "data",
@@ -554,6 +570,259 @@ def test_parametrizations_refuse_a_base_that_does_not_match(
         make()
 
 
+def _params() -> list[torch.nn.Parameter]:
+    return [torch.nn.Parameter(torch.zeros(2))]
+
+
+def _used_up() -> Any:
+    """``model.parameters()`` after another optimizer read it."""
+    params = mlp(16).parameters()
+    mup2.SAM(params, lr=0.1)
+    return params
+
+
+def _p() -> mup2.Parametrization:
+    return mup2.Parametrization.infer(mlp(64), mlp(16))
+
+
+def _infer(**kwargs: Any) -> mup2.Parametrization:
+    return mup2.Parametrization.infer(mlp(64), mlp(16), **kwargs)
+
+
+X, Y = torch.randn(8, 12), torch.randint(0, 5, (8,))
+
+
+def _cc(factory: Any = mlp, widths: Any = (16, 32, 64), **kwargs: Any) -> Any:
+    return coord_check(factory, widths, kwargs.pop("inputs", X), Y, **kwargs)
+
+
+def _sweep_cfg() -> mup2.sweep.SweepConfig:
+    return parse_sweep_config({"name": "s", "train": TRAIN, "grid": GRID})
+
+
+#: Wrong arguments of the library's public functions and constructors: (what, call,
+#: exception type, message).
+ARGUMENTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
+    (
+        "`SAM(params, 'sgd')`",
+        lambda: mup2.SAM(_params(), "sgd", lr=0.1),  # type: ignore[arg-type]
+        TypeError,
+        "base_optimizer must be a torch optimizer class, got the string 'sgd'; pass the class, "
+        "and its arguments as keywords: SAM(params, torch.optim.SGD, lr=0.1, momentum=0.9)",
+    ),
+    (
+        "`SAM(params, torch.optim.SGD(...))`",
+        lambda: mup2.SAM(_params(), torch.optim.SGD(_params(), lr=0.1)),  # type: ignore[arg-type]
+        TypeError,
+        "base_optimizer must be a torch optimizer class, got an instance of SGD",
+    ),
+    (
+        "`SAM(params, 0.1)` (the LR where the optimizer class goes)",
+        lambda: mup2.SAM(_params(), 0.1),  # type: ignore[arg-type]
+        TypeError,
+        "base_optimizer must be a torch optimizer class, got 0.1 (float); pass the class",
+    ),
+    (
+        "`SAM(rho='0.05')`",
+        lambda: mup2.SAM(_params(), lr=0.1, rho="0.05"),  # type: ignore[arg-type]
+        TypeError,
+        "rho must be a number, got the string '0.05' (pass 0.05 without the quotes)",
+    ),
+    (
+        "`SAM(lr='0.1')` (a keyword for the base optimizer)",
+        lambda: mup2.SAM(_params(), lr="0.1"),
+        TypeError,
+        "lr must be a number, got the string '0.1' (pass 0.1 without the quotes)",
+    ),
+    (
+        "a param group with `rho='0.1'`",
+        lambda: mup2.SAM([{"params": _params(), "rho": "0.1"}], lr=0.1),
+        TypeError,
+        "param group 0: rho must be a number, got the string '0.1'",
+    ),
+    (
+        "`SAM(model)` (the model for its parameters)",
+        lambda: mup2.SAM(mlp(16), lr=0.1),  # type: ignore[arg-type]
+        TypeError,
+        "params must be the tensors or param groups to optimize, got Sequential (a model); pass "
+        "model.parameters()",
+    ),
+    (
+        "`model.parameters()` given to a second optimizer",
+        lambda: mup2.SAM(_used_up(), lr=0.1),
+        ValueError,
+        "params is an iterator that yields nothing: an iterator (a generator) can be read only "
+        "once, and this one was read before or is empty; call model.parameters() again, or "
+        "pass a list",
+    ),
+    (
+        "`SAM(model=nn.Linear)` (a class)",
+        lambda: mup2.SAM(_params(), lr=0.1, model=torch.nn.Linear),  # type: ignore[arg-type]
+        TypeError,
+        "model must be the nn.Module it trains (or None), got the class Linear; build it "
+        "first: Linear(...)",
+    ),
+    (
+        "`LightSAM(params, torch.optim.Adam)`",
+        lambda: mup2.LightSAM(_params(), torch.optim.Adam),  # type: ignore[arg-type]
+        TypeError,
+        "variant must be one of ['adagrad-norm', 'adagrad', 'adam'], got the class Adam; "
+        "LightSAM builds its descent optimizer from the variant",
+    ),
+    (
+        "`LightSAM(betas=('0.9', '0.999'))`",
+        lambda: mup2.LightSAM(_params(), betas=("0.9", "0.999")),  # type: ignore[arg-type]
+        TypeError,
+        "betas must be numbers, got ('0.9', '0.999') (tuple), holding the string '0.9'",
+    ),
+    (
+        "`AdaGradNorm(lr='0.1')`",
+        lambda: mup2.AdaGradNorm(_params(), lr="0.1"),  # type: ignore[arg-type]
+        TypeError,
+        "lr must be a number, got the string '0.1'",
+    ),
+    (
+        "`Parametrization.infer(nn.Linear, base)` (a class for the model)",
+        lambda: mup2.Parametrization.infer(torch.nn.Linear, mlp(16)),  # type: ignore[arg-type]
+        TypeError,
+        "model must be an nn.Module (a built model), got the class Linear; build it first: "
+        "Linear(...)",
+    ),
+    (
+        "`Parametrization.infer(model, nn.Linear)` (a class for the base)",
+        lambda: mup2.Parametrization.infer(mlp(64), torch.nn.Linear),  # type: ignore[arg-type]
+        TypeError,
+        "base must be a model at the base width (an nn.Module), a mapping name -> shape, or a "
+        "width multiplier, got the class Linear; build it at the base width",
+    ),
+    (
+        "`Parametrization.infer(model, base, 3)`",
+        lambda: mup2.Parametrization.infer(mlp(64), mlp(16), 3),  # type: ignore[arg-type]
+        TypeError,
+        "scheme must be a scheme name (sp, mup-sgd, mup-adam or mup) or a Scheme, got 3 (int)",
+    ),
+    (
+        "an override role `'bogus'`",
+        lambda: _infer(overrides={"4.*": "bogus"}),
+        ValueError,
+        "override '4.*': role 'bogus' is not a role; choose one of input, hidden, output, scalar",
+    ),
+    (
+        "an override `{'lr_mult': '2'}`",
+        lambda: _infer(overrides={"4.*": {"lr_mult": "2"}}),
+        TypeError,
+        "override '4.*': lr_mult must be a number, got the string '2' (pass 2 without the quotes)",
+    ),
+    (
+        "an override that is a number",
+        lambda: _infer(overrides={"4.*": 2.0}),  # type: ignore[dict-item]
+        TypeError,
+        "override '4.*': an override must be a role name, a dict of Override fields or an "
+        "Override, got 2.0 (float)",
+    ),
+    (
+        "`overrides` a list of pairs",
+        lambda: _infer(overrides=[("4.*", "output")]),  # type: ignore[arg-type]
+        TypeError,
+        "overrides must be a dict {pattern: override}",
+    ),
+    (
+        "`param_groups(model.parameters())`",
+        lambda: _p().param_groups(mlp(64).parameters()),  # type: ignore[arg-type]
+        TypeError,
+        "model must be an nn.Module (a built model), got <generator object Module.parameters> "
+        "(generator)",
+    ),
+    (
+        "`param_groups(model, lr='0.1')`",
+        lambda: _p().param_groups(mlp(64), lr="0.1"),  # type: ignore[arg-type]
+        TypeError,
+        "lr must be a number, got the string '0.1'",
+    ),
+    (
+        "`coord_check(mlp(64), ...)` (a model for the factory)",
+        lambda: _cc(mlp(64)),
+        TypeError,
+        "factory must build a model from its width: a class such as MLP, or a function such "
+        "as partial(MLP, in_features=32), got an instance of Sequential; pass the class",
+    ),
+    (
+        "`coord_check(widths='64,128,256')`",
+        lambda: _cc(widths="64,128,256"),
+        TypeError,
+        "widths must be a sequence of integers such as [64, 128, 256], got the string",
+    ),
+    (
+        "`coord_check(rho='0.1')`",
+        lambda: _cc(rho="0.1"),
+        TypeError,
+        "rho must be a number, got the string '0.1'",
+    ),
+    (
+        "`coord_check(inputs=<numpy array>)`",
+        lambda: _cc(inputs=X.numpy()),
+        TypeError,
+        "inputs must be a tensor (one fixed batch), got an instance of ndarray",
+    ),
+    (
+        "`coord_check(dtype='float64')`",
+        lambda: _cc(dtype="float64"),
+        TypeError,
+        "dtype must be a torch.dtype such as torch.float64, got the string 'float64'",
+    ),
+    (
+        "`coord_check(base_optimizer='sgd')`",
+        lambda: _cc(base_optimizer="sgd"),
+        TypeError,
+        "base_optimizer must be a torch optimizer class, got the string 'sgd'; pass the class, "
+        "and its arguments in base_kwargs",
+    ),
+    (
+        "`train(dict)`",
+        lambda: train_run(TRAIN),  # type: ignore[arg-type]
+        TypeError,
+        "config must be a TrainConfig (mup2.config.parse_config(dict), load_config(path)), got {",
+    ),
+    (
+        "`run_sweep(dict, ...)`",
+        lambda: mup2.sweep.run_sweep({"name": "s"}, "run"),  # type: ignore[arg-type]
+        TypeError,
+        "cfg must be a SweepConfig (parse_sweep_config(dict) or load_sweep_config(path)), got",
+    ),
+    (
+        "`prepare(storage, cfg)` (swapped)",
+        lambda: prepare("sqlite:///sweep.db", _sweep_cfg()),  # type: ignore[arg-type]
+        TypeError,
+        "cfg must be a SweepConfig",
+    ),
+    (
+        "`run_worker(storage, study, threads='2')`",
+        lambda: mup2.sweep.run_worker("sqlite:///x.db", "s", threads="2"),  # type: ignore[arg-type]
+        TypeError,
+        "threads must be an integer, got the string '2'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "make", "kind", "message"), ARGUMENTS, ids=[a[0] for a in ARGUMENTS]
+)
+def test_a_wrong_argument_gets_a_message_naming_it(
+    what: str, make: Callable[[], object], kind: type[Exception], message: str
+) -> None:
+    with pytest.raises(kind, match=re.escape(message)):
+        make()
+
+
+def test_a_generator_of_widths_is_read_once_by_table1() -> None:
+    """``table1`` runs a coordinate check per rule and scaling: a generator of widths (or of
+    seeds) serves them all."""
+    results = table1(mlp, (w for w in (16, 32, 64)), X, Y, rules=["sam", "asam"],
+                     scalings=["mup2"], seeds=(s for s in (0, 1)))  # fmt: skip
+    assert [r.widths for r in results] == [(16, 32, 64)] * 2
+    assert [r.seeds for r in results] == [(0, 1)] * 2
+
+
 def table() -> str:
     """The markdown table of docs/errors.md: every case with the message it gets."""
     rows = ["| kind | input | message (exit code 2) |", "|---|---|---|"]
@@ -575,6 +844,18 @@ def table() -> str:
         except ValueError as exc:
             text = str(exc).replace("|", "\\|")
             rows.append(f"| parametrization | {what} | `{type(exc).__name__}`: {text} |")
+    with tempfile.TemporaryDirectory() as tmp:
+        here = os.getcwd()
+        os.chdir(tmp)  # what a call writes (nothing, if it fails as it should) goes there
+        try:
+            for what, call, _, _ in ARGUMENTS:
+                try:
+                    call()
+                except (TypeError, ValueError) as exc:
+                    text = str(exc).replace("|", "\\|")
+                    rows.append(f"| argument | {what} | `{type(exc).__name__}`: {text} |")
+        finally:
+            os.chdir(here)
     return "\n".join(rows)
 
 

@@ -371,7 +371,10 @@ def sweep(
     config: Annotated[str, typer.Argument(help="sweep config: a .toml, .yaml or .yml file")],
     run_dir: Annotated[
         str | None,
-        typer.Option(help="directory for the SQLite store and the report (default: runs/NAME)"),
+        typer.Option(
+            help="directory for the SQLite store and the report, made if missing (default: "
+            "runs/NAME)"
+        ),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="local worker processes (default: the config's)")
@@ -382,11 +385,23 @@ def sweep(
     ] = True,
     progress: Annotated[
         bool,
-        typer.Option(help="a progress bar (--no-progress: each worker logs a line per trial)"),
+        typer.Option(
+            help="a progress bar in a terminal, a status line a minute in a log "
+            "(--no-progress: each worker logs a line per trial)"
+        ),
     ] = True,
+    mkdir: Annotated[
+        bool,
+        typer.Option(
+            "--mkdir",
+            help="make the directory of the config's storage (an SQLite file) if it is missing; "
+            "without it a missing one is an error (a mistyped path would start over)",
+        ),
+    ] = False,
 ) -> None:
     """Run (or resume) a (width x lr x rho x seed x parametrization) sweep; see docs/sweeps.md.
-    Exits with 0 when every run finished, 1 when some failed (run it again to retry them)."""
+    Its first line says what it found: `new store at PATH` or `resuming: N of M runs finished in
+    PATH`. Exits with 0 when every run finished, 1 when some failed (run it again to retry them)."""
     from mup2.sweep import load_sweep_config, run_sweep
 
     cfg = load_sweep_config(config)
@@ -394,7 +409,13 @@ def sweep(
     _writable(out, "--run-dir", directory=True)
     try:
         storage, state = run_sweep(
-            cfg, out, workers=workers, batch=_batch_size(batch), progress=progress
+            cfg,
+            out,
+            workers=workers,
+            batch=_batch_size(batch),
+            progress=progress,
+            mkdir=mkdir,
+            say=typer.echo,
         )
     except RuntimeError as exc:  # every worker crashed
         typer.echo(f"error: {exc}", err=True)

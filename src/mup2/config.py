@@ -338,7 +338,7 @@ class TrainConfig(Section):
     seed: NonNegativeInt = 0
     device: str = "auto"
     checkpoint: bool = True  # with a run directory: save a checkpoint after every epoch
-    progress: bool = True  # tqdm progress bar and one log line per epoch
+    progress: bool = True  # one log line per epoch; a tqdm bar in a terminal
 
     @field_validator("device")
     @classmethod

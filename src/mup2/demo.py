@@ -73,7 +73,7 @@ def run_demo(
     log(table)
 
     log(f"2/3 sweep: {cfg.name}, Fashion-MNIST MLP, widths {cfg.grid.widths}")
-    storage, state = run_sweep(cfg, out, workers=workers)
+    storage, state = run_sweep(cfg, out, workers=workers, say=lambda line: log(f"    {line}"))
     log(
         f"    {state.complete}/{state.total} runs finished, {state.unstable} unstable, "
         f"{state.failed} failed; store {storage}"

@@ -29,6 +29,7 @@ __all__ = [
     "check_iterable",
     "check_number",
     "describe_os_error",
+    "reads_as_number",
     "shown",
 ]
 
@@ -80,6 +81,19 @@ def _is_number(value: object) -> bool:
     return type(value).__module__.startswith("torch") and callable(numel) and numel() == 1
 
 
+def reads_as_number(value: object) -> bool:
+    """Whether ``value`` is a string that reads as a number (``"0.1"``), or a tuple or list
+    holding one: a number written with quotes."""
+    for v in value if isinstance(value, tuple | list) else (value,):
+        if isinstance(v, str):
+            try:
+                float(v)
+                return True
+            except ValueError:
+                pass
+    return False
+
+
 def check_number(name: str, value: object, *, optional: bool = False) -> None:
     """Raise :class:`TypeError` naming ``name`` unless ``value`` is a number (``optional``: or
     ``None``), or a tuple or list of them; :class:`ValueError` if one is not finite
@@ -90,13 +104,7 @@ def check_number(name: str, value: object, *, optional: bool = False) -> None:
     for v in values:
         if _is_number(v):
             continue
-        hint = ""
-        if isinstance(v, str):
-            try:
-                float(v)
-                hint = f" (pass {v} without the quotes)"
-            except ValueError:
-                pass
+        hint = f" (pass {v} without the quotes)" if reads_as_number(v) else ""
         if v is value:
             raise TypeError(f"{name} must be a number, got {shown(value)}{hint}")
         raise TypeError(f"{name} must be numbers, got {shown(value)}, holding {shown(v)}{hint}")

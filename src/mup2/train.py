@@ -50,7 +50,7 @@ from mup2.data import (
     synthetic_classification,
     with_label_noise,
 )
-from mup2.errors import UserError
+from mup2.errors import UserError, check_instance
 from mup2.losses import mean_loss, sum_loss
 from mup2.models.registry import build_model
 from mup2.optim.families import get_family
@@ -60,6 +60,7 @@ from mup2.optim.sam import SAM
 from mup2.parametrization.parametrize import Parametrization
 from mup2.parametrization.shapes import role_overrides
 from mup2.precision import at_least_fp32, autocast, grad_scaler
+from mup2.progress import progress_bar
 
 __all__ = [
     "CHECKPOINT",
@@ -334,6 +335,12 @@ def train(
     loaded dataset to use instead of loading ``config.data`` (for many runs in one process); it
     is cut to ``data.train_size``/``data.test_size`` like a loaded one.
     """
+    check_instance(
+        "config",
+        config,
+        TrainConfig,
+        "a TrainConfig (mup2.config.parse_config(dict), load_config(path))",
+    )
     device = resolve_device(config.device)
     splits = prepare_data(config, data)
     if config.batch_size > len(splits.train):
@@ -420,11 +427,11 @@ class _Run:
         model, opt, cfg, scaler = self.model, self.opt, self.cfg, self.scaler
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        batches = tqdm(
+        batches = progress_bar(  # off outside a terminal: the epoch's line says it all
             self.train_loader.epoch(epoch),
+            enabled=cfg.progress,
             total=len(self.train_loader),
             desc=f"epoch {epoch}/{cfg.epochs}",
-            disable=not cfg.progress,
             leave=False,
         )
         for step, (x, y) in enumerate(batches):

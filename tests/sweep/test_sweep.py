@@ -108,11 +108,62 @@ def test_two_workers_no_duplicates_no_gaps_and_resume_is_a_no_op(tmp_path: Path)
 def test_a_different_config_cannot_reuse_a_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     prepare(parse_sweep_config(sweep("same")), url)
-    with pytest.raises(ConfigError, match="made by a different sweep config"):
-        prepare(parse_sweep_config(sweep("same", train={**TRAIN, "epochs": 2})), url)
+    other = {**TRAIN, "epochs": 2, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.5}}
+    with pytest.raises(
+        ConfigError,
+        match=r"study 'same' in sqlite:///.*sweep\.db was made by a different sweep config: "
+        r"train\.epochs: 1 in the store, 2 here; train\.optimizer\.momentum: 0\.9 in the store, "
+        r"0\.5 here\. Only the grid may grow; to resume the sweep, set those keys as they were",
+    ):
+        prepare(parse_sweep_config(sweep("same", train=other)), url)
     with pytest.raises(ConfigError, match=r"may only grow.*drops 10 of its points"):
         prepare(parse_sweep_config(sweep("same", grid={**GRID, "lr": [0.05]})), url)
-    prepare(parse_sweep_config(sweep("same", workers=2)), url)  # a run-time choice
+    moved = f"sqlite:///{tmp_path / 'moved.db'}"  # run-time choices: how, not what
+    prepare(parse_sweep_config(sweep("same", workers=2, batch=4, storage=moved)), url)
+
+
+def test_the_store_line_says_what_the_store_held(tmp_path: Path) -> None:
+    db = tmp_path / "sweep.db"
+    url, said = f"sqlite:///{db}", list[str]()
+    cfg = parse_sweep_config(sweep("count", train=TINY, grid=TINY_GRID))
+    prepare(cfg, url, say=said.append)
+    assert run_worker(url, "count", max_trials=3) == 3
+    prepare(cfg, url, say=said.append)
+    grown = {**TINY_GRID, "lr": [0.05, 0.2, 0.4]}
+    prepare(parse_sweep_config(sweep("count", train=TINY, grid=grown)), url, say=said.append)
+    prepare(parse_sweep_config(sweep("other", train=TINY, grid=TINY_GRID)), url, say=said.append)
+    assert said == [
+        f"new store at {db}",
+        f"resuming: 3 of 8 runs finished in {db}",
+        f"resuming: 3 of 12 runs finished in {db} (the grid grew from 8 points)",
+        f"new sweep in the store at {db} (beside 'count')",
+    ]
+
+
+def test_a_store_in_a_missing_directory_is_made_only_when_asked(tmp_path: Path) -> None:
+    """`mup2 sweep` on a config whose storage lies in a directory that does not exist: an error
+    that names it, nothing made; with --mkdir a new store (the first line says so); again,
+    without the flag, the store resumed. No terminal: no progress bar, a status line."""
+    db = tmp_path / "typo" / "sweep.db"
+    grid = {**TINY_GRID, "lr": [0.05], "parametrizations": ["mup2"]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep("mk", storage=f"sqlite:///{db}", train=TINY, grid=grid)))
+    argv = ["sweep", str(path), "--run-dir", str(tmp_path / "run"), "--workers", "1",
+            "--no-report"]  # fmt: skip
+    refused = CliRunner().invoke(app, argv)
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr == (
+        f"error: no directory {db.parent} for the store 'sqlite:///{db}': to start a new sweep "
+        "there, make it (`mup2 sweep CONFIG --mkdir`); to resume one, check the path\n"
+    )
+    assert not db.parent.exists() and not (tmp_path / "run").exists()
+    made = CliRunner().invoke(app, [*argv, "--mkdir"])
+    assert made.exit_code == 0, made.output
+    assert made.stdout.splitlines()[0] == f"new store at {db}"
+    assert "\r" not in made.stderr and re.search(r"^sweep mk: \d/2 runs done", made.stderr, re.M)
+    again = CliRunner().invoke(app, argv)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.splitlines()[0] == f"resuming: 2 of 2 runs finished in {db}"
 
 
 def test_extra_blocks_add_points_once_with_shared_base_runs() -> None:

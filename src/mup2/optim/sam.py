@@ -16,7 +16,14 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
-from mup2.errors import check_class, check_finite, check_instance, check_iterable, check_number
+from mup2.errors import (
+    check_class,
+    check_finite,
+    check_instance,
+    check_iterable,
+    check_number,
+    reads_as_number,
+)
 from mup2.optim.contexts import frozen_bn_stats, gradient_sync, no_sync
 from mup2.optim.lr_multipliers import attach_lr_multipliers
 from mup2.optim.perturb import by_device_and_dtype, perturbation_direction
@@ -50,18 +57,6 @@ _NUMBERS = frozenset(
 _GROUP_NUMBERS = (
     _NUMBERS | {"rho", "eta"} | {k for k, v in _GROUP_DEFAULTS.items() if isinstance(v, float)}
 )
-
-
-def _reads_as_number(value: object) -> bool:
-    """A string (or a tuple or list holding one) that reads as a number: ``lr="0.1"``."""
-    for v in value if isinstance(value, tuple | list) else (value,):
-        if isinstance(v, str):
-            try:
-                float(v)
-                return True
-            except ValueError:
-                pass
-    return False
 
 
 def check_params(params: ParamsT) -> ParamsT:
@@ -249,7 +244,7 @@ class SAM(torch.optim.Optimizer):
         check_number("rho", rho)
         check_number("eta", eta)
         for name, value in base_kwargs.items():  # torch's take lr="0.1", lr=nan, inf
-            if name in _NUMBERS or _reads_as_number(value):
+            if name in _NUMBERS or reads_as_number(value):
                 check_number(name, value)
             else:
                 check_finite(name, value)
@@ -292,7 +287,7 @@ class SAM(torch.optim.Optimizer):
     def _check_group(self, i: int, group: dict[str, Any]) -> Rule:
         """Refuse a group whose hyperparameters this optimizer cannot run; its rule."""
         for name, value in group.items():
-            if name in _GROUP_NUMBERS or (name != "params" and _reads_as_number(value)):
+            if name in _GROUP_NUMBERS or (name != "params" and reads_as_number(value)):
                 check_number(f"param group {i}: {name}", value)
             elif name != "params":
                 check_finite(f"param group {i}: {name}", value)

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from mup2.config import ConfigError, Section, TrainConfig, parse_config, read_config_file
+from mup2.errors import check_instance
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -33,6 +34,7 @@ __all__ = [
     "ParametrizationSpec",
     "SubGrid",
     "SweepConfig",
+    "check_sweep_config",
     "load_sweep_config",
     "parse_batch",
     "parse_sweep_config",
@@ -167,6 +169,17 @@ class SweepConfig(Section):
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable copy (``parse_sweep_config(c.to_dict()) == c``)."""
         return self.model_dump(mode="json")
+
+
+def check_sweep_config(cfg: object) -> None:
+    """Raise :class:`TypeError` unless ``cfg`` is a :class:`SweepConfig` (a dict or a path is
+    not one yet)."""
+    check_instance(
+        "cfg",
+        cfg,
+        SweepConfig,
+        "a SweepConfig (parse_sweep_config(dict) or load_sweep_config(path))",
+    )
 
 
 def parse_sweep_config(data: Mapping[str, Any]) -> SweepConfig:

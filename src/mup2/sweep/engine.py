@@ -48,7 +48,14 @@ from optuna.trial import FrozenTrial, TrialState
 from mup2.batched import auto_bundle_size, bundle_key, check_batchable, train_batched
 from mup2.config import ConfigError, TrainConfig
 from mup2.data import DataSplits
-from mup2.sweep.config import PARAMETRIZATIONS, SweepConfig, parse_batch, parse_sweep_config
+from mup2.errors import check_instance, check_integer
+from mup2.sweep.config import (
+    PARAMETRIZATIONS,
+    SweepConfig,
+    check_sweep_config,
+    parse_batch,
+    parse_sweep_config,
+)
 from mup2.sweep.grid import (
     GRID_KEYS,
     GridPoint,
@@ -58,7 +65,14 @@ from mup2.sweep.grid import (
     trial_config,
 )
 from mup2.sweep.owner import OWNER, is_dead, me, requeue
-from mup2.sweep.store import StoreError, open_storage, redact, store_errors, store_lock
+from mup2.sweep.store import (
+    StoreError,
+    open_storage,
+    redact,
+    sqlite_path,
+    store_errors,
+    store_lock,
+)
 from mup2.train import RunResult, load_data, resolve_device, train
 
 __all__ = [
@@ -70,12 +84,15 @@ __all__ = [
     "prepare",
     "run_worker",
     "stop_on_signals",
+    "store_line",
     "sweep_state",
 ]
 
 
 def default_storage(cfg: SweepConfig, run_dir: str | Path) -> str:
-    """``cfg.storage``, else an SQLite file ``sweep.db`` in ``run_dir``."""
+    """``cfg.storage``, else an SQLite file ``sweep.db`` in ``run_dir`` (made if missing: the
+    sweep's own directory)."""
+    check_sweep_config(cfg)
     if cfg.storage:
         return cfg.storage
     path = Path(run_dir).resolve() / "sweep.db"
@@ -132,23 +149,38 @@ def sweep_state(study: optuna.Study, points: list[GridPoint]) -> SweepState:
     )
 
 
-def prepare(cfg: SweepConfig, storage: str) -> tuple[optuna.Study, list[GridPoint]]:
+def prepare(
+    cfg: SweepConfig,
+    storage: str,
+    *,
+    mkdir: bool = False,
+    say: Callable[[str], object] | None = None,
+) -> tuple[optuna.Study, list[GridPoint]]:
     """Create (or reopen) the sweep's study and enqueue every grid point that has no finished,
     waiting or running trial, under the store's lock (any number of drivers may start at once:
     each point is queued once). Every point's training config is validated first, so an invalid
     sweep fails before anything is written. A study may be reopened with its grid grown (more
     widths, η, ρ, seeds, parametrizations or ``extra`` blocks: every old point still in it),
-    which records the new config; any other change of the config is an error."""
+    which records the new config; any other change of the config is an error naming the keys.
+
+    ``mkdir``: make the directory of a new SQLite store if it is missing (otherwise an error,
+    :func:`~mup2.sweep.store.open_storage`). ``say``: called with one line saying what was
+    found, ``new store at PATH`` or ``resuming: N of M runs finished in PATH``
+    (:func:`store_line`)."""
+    check_sweep_config(cfg)
+    check_instance("storage", storage, str, "a database URL such as sqlite:///sweep.db")
     points = expand(cfg)
     for point in points:
         trial_config(cfg, point)  # raises ConfigError naming the point
-    store = open_storage(storage, cfg.heartbeat_seconds, cfg.max_retries, create=True)
+    store = open_storage(storage, cfg.heartbeat_seconds, cfg.max_retries, create=True, mkdir=mkdir)
     with store_lock(storage):
+        names = optuna.get_all_study_names(storage=store)
         study = optuna.create_study(
             study_name=cfg.name, storage=store, direction="maximize", load_if_exists=True
         )
         saved = study.user_attrs.get("sweep")
-        if saved is None or _grows(parse_sweep_config(saved), cfg):
+        old = None if saved is None else parse_sweep_config(saved)
+        if old is None or _grows(old, cfg, storage):
             study.set_user_attr("sweep", cfg.to_dict())
             study.set_user_attr(
                 "parametrizations",
@@ -162,12 +194,34 @@ def prepare(cfg: SweepConfig, storage: str) -> tuple[optuna.Study, list[GridPoin
         for point in points:
             if point not in have:
                 study.enqueue_trial(point.params(), user_attrs={"grid": point.params()})
+    if say is not None:
+        before = None if cfg.name not in names else len(points) if old is None else len(expand(old))
+        others = sorted(n for n in names if n != cfg.name)
+        say(store_line(storage, sweep_state(study, points), before, others))
     return study, points
+
+
+def store_line(storage: str, state: SweepState, before: int | None, others: Sequence[str]) -> str:
+    """The line a sweep starts with: ``new store at PATH`` (``before`` is ``None``: the study
+    is new; ``others``: the studies already in that store), or ``resuming: N of M runs finished
+    in PATH`` (``before``: the grid's points when it was last run, fewer if it grew). ``PATH``:
+    an SQLite store's file, or the URL without its password."""
+    path = sqlite_path(storage)
+    where = str(path) if path is not None else redact(storage)
+    if before is None:
+        if not others:
+            return f"new store at {where}"
+        listed = ", ".join(repr(n) for n in others)
+        return f"new sweep in the store at {where} (beside {listed})"
+    grew = f" (the grid grew from {before} points)" if before < state.total else ""
+    return f"resuming: {state.complete} of {state.total} runs finished in {where}{grew}"
 
 
 def open_sweep(storage: str, name: str) -> tuple[optuna.Study, SweepConfig, list[GridPoint]]:
     """The study of the sweep ``name`` in an existing ``storage``, its config and grid points;
     :class:`~mup2.sweep.store.StoreError` when there is no such sweep."""
+    check_instance("storage", storage, str, "a database URL such as sqlite:///sweep.db")
+    check_instance("name", name, str, "the sweep's name")
     probe = open_storage(storage)
     with store_errors(storage):
         names = optuna.get_all_study_names(storage=probe)
@@ -193,15 +247,21 @@ def open_sweep(storage: str, name: str) -> tuple[optuna.Study, SweepConfig, list
     return study, cfg, expand(cfg)
 
 
-def _grows(old: SweepConfig, new: SweepConfig) -> bool:
-    """Whether ``new`` differs from ``old`` (raises :class:`ConfigError` unless only by a grown
-    grid; ``workers``, ``batch`` and ``storage`` may always differ)."""
+def _grows(old: SweepConfig, new: SweepConfig, storage: str) -> bool:
+    """Whether ``new`` differs from ``old`` (raises :class:`ConfigError` naming the differing
+    keys unless only the grid grew; ``workers``, ``batch`` and ``storage`` may always differ)."""
     ignore = {"workers": 0, "batch": 1, "storage": None, "grid": None}  # where, how fast: not what
-    a, b = old.to_dict() | ignore, new.to_dict() | ignore
-    if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+    changed = _differences(old.to_dict() | ignore, new.to_dict() | ignore)
+    if changed:
+        shown = "; ".join(
+            f"{key}: {json.dumps(a)} in the store, {json.dumps(b)} here"
+            for key, a, b in changed[:5]
+        )
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
         raise ConfigError(
-            f"study {new.name!r} was made by a different sweep config (only the grid may grow); "
-            "give this sweep another name (or storage) to start a new one"
+            f"study {new.name!r} in {redact(storage)} was made by a different sweep config: "
+            f"{shown}{more}. Only the grid may grow; to resume the sweep, set those keys as "
+            "they were, or give this sweep another name (or storage) to start a new one"
         )
     lost = set(expand(old)) - set(expand(new))
     if lost:
@@ -210,6 +270,18 @@ def _grows(old: SweepConfig, new: SweepConfig) -> bool:
             f"{len(lost)} of its points (e.g. {min(lost).params()}); keep them in the grid"
         )
     return old.grid != new.grid
+
+
+def _differences(a: Any, b: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` of every leaf where the JSON trees differ (a key
+    missing on one side reads ``None``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d
+            for k in sorted(set(a) | set(b))
+            for d in _differences(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+        ]
+    return [] if a == b else [(key, a, b)]
 
 
 class _Objective:
@@ -329,6 +401,8 @@ def run_worker(
     finished; ``parent``: a process ID, the worker stops (between trials) once it is no longer
     this process's parent. An interruption (:class:`KeyboardInterrupt`, see
     :func:`stop_on_signals`) requeues the running trials and propagates."""
+    check_integer("threads", threads)
+    check_integer("max_trials", max_trials, optional=True)
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import multiprocessing as mp
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import optuna
 from tqdm import tqdm
 
-from mup2.errors import USER_ERROR, UserError
-from mup2.sweep.config import SweepConfig, parse_batch
+from mup2.errors import USER_ERROR, UserError, check_integer
+from mup2.progress import StatusLine, progress_bar
+from mup2.sweep.config import SweepConfig, check_sweep_config, parse_batch
 from mup2.sweep.engine import (
     DRAIN_SIGNAL,
     SweepState,
@@ -76,6 +80,8 @@ def run_sweep(
     batch: int | Literal["auto"] | None = None,
     progress: bool = True,
     poll_seconds: float = 1.0,
+    mkdir: bool = False,
+    say: Callable[[str], object] | None = None,
 ) -> tuple[str, SweepState]:
     """Run (or resume) the sweep with ``workers`` local processes (default ``cfg.workers``)
     until no grid point is waiting or running; returns ``(storage URL, final state)``
@@ -90,8 +96,17 @@ def run_sweep(
     again resumes it: finished trials are kept. :data:`~mup2.sweep.engine.DRAIN_SIGNAL` (SIGUSR1,
     to the driver or its process group) drains: the workers finish and record the trials they
     run, and the sweep returns with the rest waiting. Without ``progress`` each worker prints a line
-    per trial instead of the progress bar.
+    per trial instead of the progress bar; outside a terminal there is no bar but a status line
+    at most every minute (:mod:`mup2.progress`).
+
+    ``run_dir`` is made if missing; the directory of a ``storage`` elsewhere only with
+    ``mkdir`` (:func:`~mup2.sweep.store.open_storage`). ``say`` is called with the line that
+    says what the store held (:func:`~mup2.sweep.engine.store_line`).
     """
+    check_sweep_config(cfg)
+    optuna.logging.set_verbosity(logging.WARNING)  # the store line says what its INFO would
+    check_integer("workers", workers, optional=True)
+    check_integer("threads", threads)
     if (workers if workers is not None else cfg.workers) < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     size = parse_batch(cfg.batch if batch is None else batch)
@@ -100,7 +115,7 @@ def run_sweep(
     if size != 1:
         check_batches(cfg, size)
     storage = default_storage(cfg, run_dir)
-    study, points = prepare(cfg, storage)
+    study, points = prepare(cfg, storage, mkdir=mkdir, say=say)
     n = workers or cfg.workers
     ctx = mp.get_context("spawn")
     state = sweep_state(study, points)
@@ -117,9 +132,12 @@ def run_sweep(
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(DRAIN_SIGNAL, drain) if main else None
     with (
-        tqdm(total=state.total, desc=f"sweep {cfg.name}", unit="run", disable=not progress) as bar,
+        progress_bar(
+            enabled=progress, total=state.total, desc=f"sweep {cfg.name}", unit="run"
+        ) as bar,
         contextlib.ExitStack() as restore,
     ):
+        status = _Status(bar, StatusLine(progress and bool(bar.disable)), cfg.name)
         if main:
             restore.callback(signal.signal, DRAIN_SIGNAL, old)
         for _ in range(1 + cfg.max_retries + 1):
@@ -136,14 +154,14 @@ def run_sweep(
                     time.sleep(poll_seconds)
                     # reading every trial costs a core's tenth on a large study: only for the bar
                     if progress and time.monotonic() - shown >= _BAR_SECONDS:
-                        state, shown = _show(bar, sweep_state(study, points)), time.monotonic()
+                        state, shown = status.show(sweep_state(study, points)), time.monotonic()
             finally:  # Ctrl-C or an error here: stop the workers; they requeue their trials
                 for p in procs:
                     if p.is_alive():
                         p.terminate()
                 for p in procs:
                     p.join()
-            state = _show(bar, sweep_state(study, points))
+            state = status.show(sweep_state(study, points))
             crashed = [p.exitcode for p in procs if p.exitcode]
             stuck = state.complete == before.complete and (state.waiting or state.running)
             if crashed and stuck and not drained.is_set():
@@ -154,8 +172,19 @@ def run_sweep(
     return storage, state
 
 
-def _show(bar: tqdm, state: SweepState) -> SweepState:  # type: ignore[type-arg]
-    bar.n = state.complete + state.failed
-    bar.set_postfix(running=state.running, unstable=state.unstable, failed=state.failed)
-    bar.refresh()
-    return state
+class _Status:
+    """The sweep's progress: its bar in a terminal, else a status line now and then."""
+
+    def __init__(self, bar: tqdm[Any], line: StatusLine, name: str) -> None:
+        self.bar, self.line, self.name = bar, line, name
+
+    def show(self, state: SweepState) -> SweepState:
+        """Show ``state``; return it."""
+        self.bar.n = state.complete + state.failed
+        self.bar.set_postfix(running=state.running, unstable=state.unstable, failed=state.failed)
+        self.bar.refresh()
+        self.line.show(
+            f"sweep {self.name}: {state.complete + state.failed}/{state.total} runs done "
+            f"({state.running} running, {state.unstable} unstable, {state.failed} failed)"
+        )
+        return state

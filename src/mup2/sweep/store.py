@@ -155,13 +155,19 @@ def _acquire(url: str) -> Iterator[None]:
 
 
 def open_storage(
-    url: str, heartbeat_seconds: int = 10, max_retries: int = 2, *, create: bool = False
+    url: str,
+    heartbeat_seconds: int = 10,
+    max_retries: int = 2,
+    *,
+    create: bool = False,
+    mkdir: bool = False,
 ) -> RDBStorage:
     """The Optuna storage at ``url`` with a heartbeat every ``heartbeat_seconds`` (a trial silent
     for :data:`STALE_HEARTBEATS` of them is failed and requeued up to ``max_retries`` times).
     ``create``: make the SQLite file and the tables if missing (the sweep driver); otherwise the
     store must exist (workers, report), and a missing SQLite file is an error rather than
-    created."""
+    created. A new SQLite file goes into an existing directory only: a missing one is an error
+    (most likely a mistyped path to a store meant to be resumed) unless ``mkdir``."""
     path = sqlite_path(url)
     if path is not None and not create and not path.is_file():
         raise StoreError(
@@ -170,8 +176,13 @@ def open_storage(
         )
     if path is not None and path.is_file() and not _is_sqlite(path):
         raise StoreError(f"{path} (from {url!r}) is not an SQLite database; check the path")
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is not None and not path.parent.exists():
+        if not mkdir:
+            raise StoreError(
+                f"no directory {path.parent} for the store {url!r}: to start a new sweep there, "
+                "make it (`mup2 sweep CONFIG --mkdir`); to resume one, check the path"
+            )
+        path.parent.mkdir(parents=True)
     # SQLite ignores SELECT ... FOR UPDATE, so two workers could both pop one waiting trial:
     # take the database's write lock at the start of every transaction instead.
     sqlite = path is not None
