@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ from typer.testing import CliRunner
 
 import mup2
 import mup2.sweep
+from mup2.batched import train_batched
 from mup2.cli import app
-from mup2.config import parse_config
+from mup2.config import TrainConfig, parse_config
 from mup2.coordcheck import coord_check, table1
 from mup2.sweep import parse_sweep_config, prepare
 from mup2.train import CHECKPOINT
@@ -801,7 +802,31 @@ ARGUMENTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         TypeError,
         "threads must be an integer, got the string '2'",
     ),
+    (
+        "`train_batched(config)` (one config)",
+        lambda: train_batched(parse_config(TRAIN)),  # type: ignore[arg-type]
+        TypeError,
+        "configs must be a sequence of TrainConfig, got one TrainConfig; pass [config]",
+    ),
+    (
+        "`train_batched([dict])`",
+        lambda: train_batched([TRAIN]),  # type: ignore[list-item]
+        TypeError,
+        "configs[0] must be a TrainConfig (mup2.config.parse_config(...)), got {",
+    ),
+    (
+        "`train_batched(generator read before)`",
+        lambda: train_batched(_used_up()),
+        ValueError,
+        "configs is an iterator that yields nothing",
+    ),
 ]
+
+
+def _used_up() -> Iterator[TrainConfig]:
+    configs = (parse_config(TRAIN) for _ in range(2))
+    list(configs)
+    return configs
 
 
 @pytest.mark.parametrize(

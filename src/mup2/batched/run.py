@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -30,6 +31,7 @@ from mup2.batched.stack import StackedModel, build_stack
 from mup2.config import TrainConfig
 from mup2.data import DataSplits, normalize
 from mup2.data.dataset import to_unit
+from mup2.errors import check_instance, check_iterable
 from mup2.losses import mean_loss, sum_loss
 from mup2.optim.perturb import per_tensor, perturbation_direction
 from mup2.precision import at_least_fp32, autocast
@@ -76,6 +78,22 @@ def train_batched(
         return BatchedRun(configs, data=data).run(on_epoch)
 
 
+def _configs(configs: object) -> list[TrainConfig]:
+    """``configs`` as a list of :class:`TrainConfig`; a clear error for anything else."""
+    if isinstance(configs, TrainConfig):
+        raise TypeError(
+            "configs must be a sequence of TrainConfig, got one TrainConfig; pass [config], "
+            "or train one run with mup2.train"
+        )
+    check_instance("configs", configs, Iterable, "a sequence of TrainConfig")
+    out = list(check_iterable("configs", cast(Iterable[TrainConfig], configs)))
+    for i, config in enumerate(out):
+        check_instance(
+            f"configs[{i}]", config, TrainConfig, "a TrainConfig (mup2.config.parse_config(...))"
+        )
+    return out
+
+
 class BatchedRun:
     """The state of one bundle: the stacked model, the data on the device, the schedule.
 
@@ -83,6 +101,7 @@ class BatchedRun:
     (to save a model, or to compare with a separate run)."""
 
     def __init__(self, configs: Sequence[TrainConfig], *, data: DataSplits | None = None):
+        configs = _configs(configs)
         check_batchable(configs)
         self.cfgs, self.cfg = list(configs), configs[0]
         self.device = dev = resolve_device(self.cfg.device)
