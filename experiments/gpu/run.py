@@ -252,6 +252,12 @@ def environment_line() -> str:
     )
 
 
+def carried_fashion_mnist(root: Path) -> Path:
+    """Where build_data.py puts Fashion-MNIST in the repository ``root``; configs without a
+    data root read it there (``MUP2_FASHION_MNIST_DIR``, set by :func:`main`)."""
+    return root / ".gpudata" / "fashion-mnist"
+
+
 def check_data(cfg: Any, root: Path) -> None:
     """The config's data must be there, and cut to the config's sizes (build_data.py's
     manifest): mup2 normalizes with the statistics of the training images it loads."""
@@ -263,7 +269,7 @@ def check_data(cfg: Any, root: Path) -> None:
     if data.root is None:  # read from the carried copy (MUP2_FASHION_MNIST_DIR, set in main)
         if data.name != "fashion-mnist" or os.environ.get("MUP2_FASHION_MNIST_DIR"):
             return
-        folder = root / ".gpudata" / "fashion-mnist"
+        folder = carried_fashion_mnist(root)
         if not folder.is_dir():
             return  # mup2 finds its default location (and says so if the data is missing)
     else:
@@ -521,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
             [str(SRC), str(site), *filter(None, [env.get("PYTHONPATH")])]
         )
         env["PYTHONUNBUFFERED"] = "1"
-        carried = root / ".gpudata" / "fashion-mnist"
+        carried = carried_fashion_mnist(root)
         if carried.is_dir():  # configs without a data root read the carried copy
             env.setdefault("MUP2_FASHION_MNIST_DIR", str(carried))
         command = [

@@ -284,18 +284,24 @@ def test_kill_9_in_a_bundle_then_resume_runs_every_point_once(
     assert all(t.user_attrs["error"] == "its worker died" for t in lost)
 
 
-def test_ctrl_c_then_resume_with_bundles(tmp_path: Path) -> None:
-    """Ctrl-C while a bundle trains: the driver stops its worker, which queues every point of
-    the bundle again at once (not counted as a retry); a resume finishes the sweep."""
-    cfg = sweep("ctrlc", train=SLOW, grid=SLOW_GRID, batch=2)
+def _start_batched(cfg: dict[str, Any], tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """``mup2 sweep`` of ``cfg`` with one worker, as a foreground process in its own session
+    (signals go to its group), printing a line per trial; the process and its store's URL."""
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    url = f"sqlite:///{tmp_path / 'run' / 'sweep.db'}"
     proc = subprocess.Popen(
         [*FOREGROUND_CLI, "sweep", str(path), "--run-dir", str(tmp_path / "run"), "--no-report",
          "--no-progress", "--workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
+    return proc, f"sqlite:///{tmp_path / 'run' / 'sweep.db'}"
+
+
+def test_ctrl_c_then_resume_with_bundles(tmp_path: Path) -> None:
+    """Ctrl-C while a bundle trains: the driver stops its worker, which queues every point of
+    the bundle again at once (not counted as a retry); a resume finishes the sweep."""
+    cfg = sweep("ctrlc", train=SLOW, grid=SLOW_GRID, batch=2)
+    proc, url = _start_batched(cfg, tmp_path)
     assert proc.stdout is not None
     found = list(lines_until(proc.stdout, r"trial \d+ complete", *[r"trial (\d+) started"] * 2))
     os.killpg(proc.pid, signal.SIGINT)
@@ -342,14 +348,7 @@ def test_sigusr1_drains_a_batched_sweep(tmp_path: Path) -> None:
     deadline): the running bundle finishes and is recorded, nothing more is claimed, nothing is
     interrupted or requeued, and the rest stays waiting for the next run."""
     cfg = sweep("drain", train=SLOW, grid=SLOW_GRID, batch=2)
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    url = f"sqlite:///{tmp_path / 'run' / 'sweep.db'}"
-    proc = subprocess.Popen(
-        [*FOREGROUND_CLI, "sweep", str(path), "--run-dir", str(tmp_path / "run"), "--no-report",
-         "--no-progress", "--workers", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    proc, url = _start_batched(cfg, tmp_path)
     assert proc.stdout is not None
     found = list(lines_until(proc.stdout, *[r"trial (\d+) started"] * 2))
     os.killpg(proc.pid, mup2.sweep.engine.DRAIN_SIGNAL)

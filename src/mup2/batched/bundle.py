@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from mup2.config import ConfigError, MLPConfig, TrainConfig
+from mup2.models.registry import build_model
 from mup2.optim.rules import get_rule
+from mup2.train import resolve_device
 
 __all__ = ["BatchError", "auto_bundle_size", "bundle_key", "check_batchable"]
 
@@ -119,8 +121,6 @@ def auto_bundle_size(config: TrainConfig, free_bytes: int | None = None, *, most
     ``most``): parameter-sized state and one batch's activations per configuration against
     80% of ``free_bytes`` (default: the CUDA device's free memory, or 8 configurations on the
     CPU, where batching only removes Python overhead)."""
-    from mup2.train import resolve_device  # train imports the data and model registries
-
     device = resolve_device(config.device)
     if free_bytes is None:
         if device.type != "cuda":
@@ -133,16 +133,20 @@ def auto_bundle_size(config: TrainConfig, free_bytes: int | None = None, *, most
 
 
 def _bytes_per_config(config: TrainConfig) -> int:
-    """An upper estimate of one configuration's device memory in fp32."""
-    from mup2.models.registry import build_model
-
+    """An upper estimate of one configuration's device memory in fp32. The input shape and
+    class count come from the data config where it says them (synthetic data), else from the
+    data set's name (Fashion-MNIST and IDX: 1x28x28, CIFAR: 3x32x32)."""
+    data = config.data
+    shape = getattr(data, "shape", None) or (
+        (3, 32, 32) if data.name in ("cifar10", "cifar100") else (1, 28, 28)
+    )
+    classes = getattr(data, "num_classes", None) or (100 if data.name == "cifar100" else 10)
     with torch.device("meta"):
-        shape = (1, 28, 28) if config.data.name == "fashion-mnist" else (3, 32, 32)
         model = build_model(
             config.model.name,
             config.model.width,
             input_shape=shape,
-            num_classes=100 if config.data.name == "cifar100" else 10,
+            num_classes=classes,
             **config.model.kwargs(config.scheme),
         )
     params = sum(p.numel() for p in model.parameters())

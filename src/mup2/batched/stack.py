@@ -84,16 +84,16 @@ class StackedModel:
         return out
 
 
-@dataclass
-class _Built:
-    """One configuration's model and optimizer tables, before stacking."""
+@dataclass(frozen=True)
+class _Tables:
+    """One configuration's optimizer tables, by parameter name: LR (base LR x multiplier),
+    weight decay, the perturbation plan's ``(rho**2 c, rho**2 s, eta, factor)``, and the
+    ``(momentum, dampening, nesterov)`` of each of its param groups."""
 
-    model: nn.Module
-    named: dict[str, Tensor]
     lr: dict[str, float]
     weight_decay: dict[str, float]
     plan: dict[str, tuple[float, float, float, Factor]]
-    base: dict[str, float | bool]
+    sgd: frozenset[tuple[float, float, bool]]
 
 
 def _build_one(
@@ -101,31 +101,25 @@ def _build_one(
     input_shape: tuple[int, ...],
     num_classes: int,
     p: Parametrization | None,
-) -> tuple[_Built, Parametrization]:
+) -> tuple[nn.Module, _Tables, Parametrization]:
     """Config ``config``'s model, initialized as :func:`mup2.train` does, and its tables from its
     own :class:`mup2.SAM` (dropped after)."""
     model, p = make_model(config, input_shape, num_classes, p)
     _check_module(model)
     opt = make_optimizer(config, model, p)
-    named: dict[str, Tensor] = dict(model.named_parameters())
-    of = {id(t): n for n, t in named.items()}
-    lr, wd = dict.fromkeys(named, 0.0), dict.fromkeys(named, 0.0)
-    base: dict[str, float | bool] | None = None
+    of = {id(t): n for n, t in model.named_parameters()}
+    lr, wd = dict.fromkeys(of.values(), 0.0), dict.fromkeys(of.values(), 0.0)
     for g in opt.param_groups:
-        here: dict[str, float | bool] = {k: g[k] for k in ("momentum", "dampening", "nesterov")}
-        if base is not None and here != base:  # pragma: no cover - one optimizer config
-            raise BatchError(f"param groups differ in momentum/nesterov: {here} vs {base}")
-        base = here
         for t in g["params"]:
             lr[of[id(t)]] = g["lr"] * g["lr_mult"]
             wd[of[id(t)]] = g["weight_decay"]
+    sgd = frozenset((g["momentum"], g["dampening"], g["nesterov"]) for g in opt.param_groups)
     plan = opt.perturbation_plan()
     rows = zip(
         plan.params, plan.rho2c.tolist(), plan.rho2s.tolist(), plan.eta, plan.factors, strict=True
     )
     table = {of[id(t)]: (float(a), float(b), float(e), f) for t, a, b, e, f in rows}
-    assert base is not None
-    return _Built(model, named, lr, wd, table, base), p
+    return model, _Tables(lr, wd, table, sgd), p
 
 
 def build_stack(
@@ -140,66 +134,68 @@ def build_stack(
     The models are built on the CPU, ``threads`` at a time (default: up to 8, one per CPU core;
     torch's kernels run outside the GIL), each copied into its slice as it comes, so that only
     a few are in host memory at once. The first config of each scheme and rule is built first:
-    the others reuse its parametrization."""
+    the others reuse its parametrization. The first model runs the forward pass of one slice."""
     k = len(configs)
     threads = threads or max(1, min(8, os.cpu_count() or 1))
     inferred: dict[tuple[str, str], Parametrization] = {}
-    first: dict[int, _Built] = {}
+    first: dict[int, tuple[nn.Module, _Tables]] = {}
     for j, config in enumerate(configs):
         key = (config.scheme, config.sam.rule)
         if key not in inferred:
-            first[j], inferred[key] = _build_one(config, input_shape, num_classes, None)
-    rest = [j for j in range(k) if j not in first]
-    one = first[0]
-    names = list(one.named)
-    params = [_stacked(one.named[n], k, device) for n in names]
-    buffers = {n: _stacked(b, k, device) for n, b in one.model.named_buffers()}
-    built: list[_Built | None] = [None] * k
+            model, tables, inferred[key] = _build_one(config, input_shape, num_classes, None)
+            first[j] = (model, tables)
+    module = first[0][0]
+    named = dict(module.named_parameters())
+    names = list(named)
+    params = [_stacked(named[n], k, device) for n in names]
+    buffers = {n: _stacked(b, k, device) for n, b in module.named_buffers()}
+    built: list[_Tables | None] = [None] * k
 
-    def place(j: int, b: _Built) -> None:
+    def place(j: int, model: nn.Module, tables: _Tables) -> None:
         with torch.no_grad():
+            weights = dict(model.named_parameters())
             for n, t in zip(names, params, strict=True):
-                t[j].copy_(b.named[n])
-            for n, buf in b.model.named_buffers():
+                t[j].copy_(weights[n])
+            for n, buf in model.named_buffers():
                 buffers[n][j].copy_(buf)
-        b.named, b.model = {}, one.model  # the tables stay; the weights are on the device
-        built[j] = b
+        built[j] = tables
 
-    for j, b in first.items():
-        place(j, b)
+    for j, (model, tables) in first.items():
+        place(j, model, tables)
+    rest = [j for j in range(k) if j not in first]
+
+    def build(c: TrainConfig) -> tuple[nn.Module, _Tables]:
+        model, tables, _ = _build_one(c, input_shape, num_classes, inferred[(c.scheme, c.sam.rule)])
+        return model, tables
+
     with ThreadPoolExecutor(threads) as pool:
         for lo in range(0, len(rest), threads):
             chunk = rest[lo : lo + threads]
-            made = pool.map(
-                lambda c: _build_one(c, input_shape, num_classes, inferred[(c.scheme, c.sam.rule)])[
-                    0
-                ],
-                [configs[j] for j in chunk],
-            )
-            for j, b in zip(chunk, made, strict=True):
-                place(j, b)
-    done = [b for b in built if b is not None]
+            made = pool.map(build, [configs[j] for j in chunk])
+            for j, (model, tables) in zip(chunk, made, strict=True):
+                place(j, model, tables)
+    done = [t for t in built if t is not None]
     assert len(done) == k
-    bases = {tuple(b.base.items()) for b in done}
-    if len(bases) > 1:  # pragma: no cover - one optimizer config per bundle
-        raise BatchError(f"param groups differ in momentum/nesterov: {sorted(bases)}")
+    sgd = frozenset().union(*(t.sgd for t in done))
+    if len(sgd) > 1:  # pragma: no cover - one optimizer config per bundle
+        raise BatchError(f"param groups differ in (momentum, dampening, nesterov): {sorted(sgd)}")
+    ((momentum, dampening, nesterov),) = sgd
     dtype = params[0].dtype
     for t in params:
         t.requires_grad_(True)
-    table = _perturb_table(names, [b.plan for b in done], dtype, device)
-    base = done[0].base
+    table = _perturb_table(names, [t.plan for t in done], dtype, device)
     return StackedModel(
-        one.model.to(device),
+        module.to(device),
         names,
         params,
         buffers,
-        torch.tensor([[b.lr[n] for n in names] for b in done], dtype=dtype, device=device),
+        torch.tensor([[t.lr[n] for n in names] for t in done], dtype=dtype, device=device),
         torch.tensor(
-            [[b.weight_decay[n] for n in names] for b in done], dtype=dtype, device=device
+            [[t.weight_decay[n] for n in names] for t in done], dtype=dtype, device=device
         ),
-        float(base["momentum"]),
-        float(base["dampening"]),
-        bool(base["nesterov"]),
+        float(momentum),
+        float(dampening),
+        bool(nesterov),
         table,
     )
 
