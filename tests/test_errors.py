@@ -33,6 +33,7 @@ from mup2.batched import train_batched
 from mup2.cli import app
 from mup2.config import TrainConfig, parse_config
 from mup2.coordcheck import coord_check, table1
+from mup2.optim import LatePhase
 from mup2.sweep import parse_sweep_config, prepare
 from mup2.train import CHECKPOINT
 from mup2.train import train as train_run
@@ -391,6 +392,30 @@ CASES = [
     ),
     Case(
         "config",
+        "`sam.schedule = 'late:1.5'`",
+        lambda d: _train(d, sam={"rho": 0.1, "schedule": "late:1.5"}),
+        "sam.schedule: 'late:1.5' is not a ρ schedule",
+    ),
+    Case(
+        "config",
+        "`sam.between = 'looksam'` with `every = 1`",
+        lambda d: _train(d, sam={"rho": 0.1, "between": "looksam"}),
+        "sam.between: 'looksam' reuses a SAM step's gradient",
+    ),
+    Case(
+        "config",
+        "`sam.alpha` without `between = 'looksam'`",
+        lambda d: _train(d, sam={"rho": 0.1, "every": 2, "alpha": 0.5}),
+        "sam.alpha: LookSAM's, set only with sam.between = 'looksam'",
+    ),
+    Case(
+        "config",
+        "LookSAM with `precision = 'fp16'`",
+        lambda d: _train(d, sam={"every": 2, "between": "looksam"}, precision="fp16"),
+        "sam.between: LookSAM keeps a gradient across steps and takes no gradient scaler",
+    ),
+    Case(
+        "config",
         "`inf` in a grid",
         lambda d: _sweep(d, grid=GRID | {"rho": [0.0, INF]}),
         "grid.rho.1: .*finite",
@@ -528,6 +553,17 @@ OPTIMIZERS = [
         lambda p: mup2.SAM(p, lr=0.1, rule="sam-readout"),
         "rule 'sam-readout' perturbs tensors by their role",
     ),
+    ("`SAM(every=0)`", lambda p: mup2.SAM(p, lr=0.1, every=0), "every must be >= 1"),
+    (
+        "`SAM(between='lookahead')`",
+        lambda p: mup2.SAM(p, lr=0.1, between="lookahead"),
+        "between must be one of ['sgd', 'looksam'], not 'lookahead'",
+    ),
+    (
+        "`LatePhase(opt, 100, fraction=1.5)`",
+        lambda p: LatePhase(mup2.SAM(p, lr=0.1), 100, 1.5),
+        "fraction must be in (0, 1], got 1.5",
+    ),
 ]
 
 
@@ -640,6 +676,12 @@ ARGUMENTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         lambda: mup2.SAM([{"params": _params(), "rho": "0.1"}], lr=0.1),
         TypeError,
         "param group 0: rho must be a number, got the string '0.1'",
+    ),
+    (
+        "`SAM(every=2.0)`",
+        lambda: mup2.SAM(_params(), lr=0.1, every=2.0),  # type: ignore[arg-type]
+        TypeError,
+        "every must be an integer, got 2.0 (float)",
     ),
     (
         "`SAM(model)` (the model for its parameters)",
