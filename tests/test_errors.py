@@ -549,6 +549,11 @@ OPTIMIZERS = [
     ),
     ("`AdaGradNorm(lr=inf)`", lambda p: mup2.AdaGradNorm(p, lr=INF), "lr must be finite"),
     (
+        "`MuonAdamW` with a Muon group of vectors",
+        lambda p: mup2.optim.MuonAdamW([{"params": p, "muon": True}]),
+        "Muon orthogonalizes matrices (2-D)",
+    ),
+    (
         "`SAM(params, rule='sam-readout')` on plain params",
         lambda p: mup2.SAM(p, lr=0.1, rule="sam-readout"),
         "rule 'sam-readout' perturbs tensors by their role",
@@ -742,7 +747,8 @@ ARGUMENTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "`Parametrization.infer(model, base, 3)`",
         lambda: mup2.Parametrization.infer(mlp(64), mlp(16), 3),  # type: ignore[arg-type]
         TypeError,
-        "scheme must be a scheme name (sp, mup-sgd, mup-adam or mup) or a Scheme, got 3 (int)",
+        "scheme must be a scheme name (sp, mup-sgd, mup-adam, mup-muon or mup) or a Scheme, "
+        "got 3 (int)",
     ),
     (
         "an override role `'bogus'`",

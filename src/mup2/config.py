@@ -49,6 +49,7 @@ __all__ = [
     "IDXData",
     "MLPConfig",
     "ModelConfig",
+    "MuonConfig",
     "OptimizerConfig",
     "ResNetConfig",
     "SAMConfig",
@@ -242,8 +243,20 @@ class AdagradConfig(_OptBase):
     eps0: PositiveFloat = 1e-8
 
 
+class MuonConfig(_OptBase):
+    """:class:`mup2.optim.MuonAdamW`: Muon (``momentum``, ``nesterov``) on the hidden matrices,
+    AdamW (``betas``, ``eps``) elsewhere, one ``lr`` (use ``scheme = "mup-muon"``)."""
+
+    name: Literal["muon"]
+    momentum: _Unit = 0.95
+    nesterov: bool = True
+    betas: tuple[_Unit, _Unit] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+
+
 OptimizerConfig = Annotated[
-    SGDConfig | AdamWConfig | AdaGradNormConfig | AdagradConfig, Field(discriminator="name")
+    SGDConfig | AdamWConfig | AdaGradNormConfig | AdagradConfig | MuonConfig,
+    Field(discriminator="name"),
 ]
 
 
@@ -362,7 +375,7 @@ class TrainConfig(Section):
     model: ModelConfig
     data: DataConfig
     optimizer: OptimizerConfig
-    scheme: Literal["sp", "mup-sgd", "mup-adam"] = "mup-sgd"
+    scheme: Literal["sp", "mup-sgd", "mup-adam", "mup-muon"] = "mup-sgd"
     sam: SAMConfig = Field(default_factory=SAMConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     loss: Loss = "cross-entropy"
@@ -451,6 +464,7 @@ _UNIONS: dict[str, dict[str, type[BaseModel]]] = {
         "adamw": AdamWConfig,
         "adagrad-norm": AdaGradNormConfig,
         "adagrad": AdagradConfig,
+        "muon": MuonConfig,
     },
 }
 _SECTIONS: dict[str, type[BaseModel]] = {"sam": SAMConfig, "schedule": ScheduleConfig}

@@ -54,7 +54,7 @@ from mup2.data import (
 from mup2.errors import UserError, check_instance
 from mup2.losses import mean_loss, sum_loss
 from mup2.models.registry import build_model
-from mup2.optim.families import get_family
+from mup2.optim.families import family_of_variant, get_family
 from mup2.optim.lightsam import LightSAM, Variant
 from mup2.optim.rho_schedule import LatePhase, RhoScheduler
 from mup2.optim.rules import get_rule
@@ -278,6 +278,8 @@ def make_optimizer(config: TrainConfig, model: nn.Module, p: Parametrization) ->
     kw = {k: getattr(o, k) for k in family.keywords}
     rule = get_rule(s.sam_rule(o.name))
     if rule.lightsam is not None:
+        if family_of_variant(rule.lightsam) is not family:  # Muon: the variant's ascent only
+            kw["base_optimizer"] = family.optimizer
         return LightSAM(
             groups,
             cast(Variant, rule.lightsam),

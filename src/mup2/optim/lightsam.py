@@ -17,6 +17,7 @@ The accumulators are optimizer state: they are checkpointed and resume bit for b
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
@@ -62,6 +63,10 @@ class LightSAM(SAM):
     ``mup-sgd`` for ``adagrad-norm`` (SGD-like), ``mup-adam`` for ``adagrad``/``adam``.
     Every group runs the variant's rule (``lightsam-<variant>``); groups may set their own
     ``rho`` and ``scaling``.
+
+    ``base_optimizer``: another descent than the variant's, e.g. :class:`mup2.optim.MuonAdamW`
+    with the Adam ascent (its own keywords in ``base_kwargs``; ``lr``, ``weight_decay`` and,
+    where it takes them, ``betas`` and ``eps`` are passed on). ``None``: the variant's descent.
     """
 
     RULES: ClassVar[tuple[str, ...]] = LIGHTSAM_RULES
@@ -87,6 +92,8 @@ class LightSAM(SAM):
         between: Between = "sgd",
         alpha: float = 0.7,
         layerwise: bool = False,
+        base_optimizer: type[torch.optim.Optimizer] | None = None,
+        **base_kwargs: Any,
     ) -> None:
         if not isinstance(variant, str):
             raise TypeError(
@@ -101,6 +108,16 @@ class LightSAM(SAM):
         base, kw = descent_optimizer(
             variant, lr=lr, betas=betas, eps=eps, eps0=eps0, weight_decay=weight_decay
         )
+        if base_optimizer is not None:
+            base = base_optimizer
+            kw = {"lr": lr, "weight_decay": weight_decay, **base_kwargs}
+            takes = inspect.signature(base_optimizer).parameters
+            kw |= {k: v for k, v in (("betas", betas), ("eps", eps)) if k in takes}
+        elif base_kwargs:
+            raise TypeError(
+                f"LightSAM got unexpected keywords {sorted(base_kwargs)}; keywords of another "
+                "descent go with base_optimizer=<its class>"
+            )
         if not 0.0 <= ascent_beta1 < 1.0:
             raise ValueError(f"ascent_beta1 must be in [0, 1), got {ascent_beta1}")
         self.variant, self.eps0 = variant, eps0
