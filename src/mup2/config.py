@@ -252,10 +252,16 @@ class SAMConfig(Section):
     ``rule = "lightsam"``: :class:`mup2.LightSAM` with the optimizer's adaptive step size in the
     ascent too (``adamw``: Adam, ``adagrad``, ``adagrad-norm``); ``bias_correction`` and
     ``ascent_beta1`` are its Adam-ascent options. ``rule = "sam-readout"``: SAM on the readout
-    alone (its weight and bias), the control of the mechanism (``docs/sam.md``)."""
+    alone (its weight and bias), the control of the mechanism (``docs/sam.md``). The one-pass
+    rules cost one forward/backward per step: ``"msam"`` (:class:`mup2.MSAM`, along minus the
+    momentum of ``sgd`` with ``momentum > 0`` or ``adamw``; its ``rho`` is larger than SAM's,
+    about 0.3) and ``"rwp"`` (:class:`mup2.RWP`, Gaussian noise of std ``rho`` at base width,
+    seeded from the run's seed)."""
 
     rho: NonNegativeFloat = 0.0
-    rule: Literal["sam", "asam", "asam-layerwise", "sam-on", "sam-readout", "lightsam"] = "sam"
+    rule: Literal[
+        "sam", "asam", "asam-layerwise", "sam-on", "sam-readout", "lightsam", "msam", "rwp"
+    ] = "sam"
     scaling: Literal["naive", "global", "mup2", "mup2-coupled"] = "mup2"
     eta: NonNegativeFloat = 0.01
     bias_correction: bool = True
@@ -360,6 +366,14 @@ class TrainConfig(Section):
                 f"{opt!r}; use {want!r}"
             )
         rule = get_rule(self.sam.sam_rule(opt))
+        if rule.reads_momentum and (
+            get_family(opt).name not in ("sgd", "adamw")
+            or getattr(self.optimizer, "momentum", 1.0) == 0.0
+        ):
+            raise ValueError(
+                f"sam.rule: {rule.name!r} perturbs along the optimizer's momentum: use "
+                "optimizer.name 'sgd' with momentum > 0, or 'adamw'"
+            )
         mlp = self.model if isinstance(self.model, MLPConfig) else None
         if rule.norm_only and mlp is not None and mlp.norm == "none":
             raise ValueError(

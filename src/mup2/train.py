@@ -55,6 +55,7 @@ from mup2.losses import mean_loss, sum_loss
 from mup2.models.registry import build_model
 from mup2.optim.families import get_family
 from mup2.optim.lightsam import LightSAM, Variant
+from mup2.optim.onepass import RWP, onepass_optimizer
 from mup2.optim.rules import get_rule
 from mup2.optim.sam import SAM
 from mup2.parametrization.parametrize import Parametrization
@@ -258,8 +259,9 @@ def train_loader(
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, p: Parametrization) -> SAM:
-    """:class:`mup2.SAM` (or :class:`mup2.LightSAM` for ``sam.rule = "lightsam"``) over the μP
-    param groups of ``model``."""
+    """:class:`mup2.SAM` (or :class:`mup2.LightSAM` for ``sam.rule = "lightsam"``, the one-pass
+    :class:`mup2.MSAM`/:class:`mup2.RWP` for ``"msam"``/``"rwp"``, RWP's noise seeded by
+    ``derive_seed(seed, 3)``) over the μP param groups of ``model``."""
     o, s = config.optimizer, config.sam
     groups = p.param_groups(model, lr=o.lr, weight_decay=o.weight_decay)
     family = get_family(o.name)
@@ -276,6 +278,18 @@ def make_optimizer(config: TrainConfig, model: nn.Module, p: Parametrization) ->
             ascent_beta1=s.ascent_beta1,
             model=model,
             **kw,
+        )
+    if rule.one_pass:
+        cls = onepass_optimizer(rule)
+        extra: dict[str, Any] = {"seed": derive_seed(config.seed, 3)} if cls is RWP else {}
+        return cls(
+            groups,
+            family.optimizer,
+            rho=s.rho,
+            scaling=s.scaling,
+            model=model,
+            **extra,
+            **family.kwargs(lr=o.lr, weight_decay=o.weight_decay, **kw),
         )
     return SAM(
         groups,
