@@ -370,9 +370,11 @@ def test_coordcheck_mup2_flat_naive_and_global_not(rule: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("rule", "optimizer"), [("msam", "sgd"), ("msam", "adamw"), ("rwp", "sgd")]
+    ("rule", "optimizer", "schedule"),
+    [("msam", "sgd", "constant"), ("msam", "adamw", "constant"), ("rwp", "sgd", "late:0.5")],
 )
-def test_train_config_runs_one_pass_rules(rule: str, optimizer: str) -> None:
+def test_train_config_runs_one_pass_rules(rule: str, optimizer: str, schedule: str) -> None:
+    """A run of each, in each base optimizer; a late-phase ρ schedule applies to them too."""
     torch.set_default_dtype(torch.float32)
     cfg = parse_config(
         {
@@ -383,13 +385,19 @@ def test_train_config_runs_one_pass_rules(rule: str, optimizer: str) -> None:
             "model": {"name": "mlp", "width": 32, "base_width": 16},
             "data": {"name": "synthetic", "train_size": 64, "test_size": 32},
             "optimizer": {"name": optimizer, "lr": 0.05 if optimizer == "sgd" else 1e-3},
-            "sam": {"rule": rule, "rho": 0.3 if rule == "msam" else 0.01, "scaling": "mup2"},
+            "sam": {
+                "rule": rule,
+                "rho": 0.3 if rule == "msam" else 0.01,
+                "scaling": "mup2",
+                "schedule": schedule,
+            },
         }
     )
     result = train(cfg)
     assert result.status == "ok" and len(result.metrics) == 2
     assert all(math.isfinite(m.train_loss) for m in result.metrics)
-    with pytest.raises(BatchError, match="no one-pass rule" if optimizer == "sgd" else "sgd"):
+    batch_error = "no one-pass rule" if optimizer == "sgd" else "sgd"
+    with pytest.raises(BatchError, match=batch_error):
         check_batchable([cfg])
     if rule == "rwp":  # its noise is seeded by the run's seed
         model, p = make_model(cfg, (1, 8, 8), 10)
