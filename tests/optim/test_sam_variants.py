@@ -232,6 +232,27 @@ def test_manual_api_follows_is_sam_step() -> None:
         opt.step()
 
 
+def test_step_accumulate_follows_the_cycle() -> None:
+    """Two micro-batches per step: the same steps as one closure on their union, with one
+    accumulated pass on the steps between SAM steps."""
+    model, p = model_and_groups()
+    twin = copy.deepcopy(model)
+    opt = make_sam(p, model, "sgd", "mup2", every=2, between="looksam")
+    ref = make_sam(p, twin, "sgd", "mup2", every=2, between="looksam")
+    calls: list[int] = []
+
+    def loss_fn(batch: tuple[Tensor, Tensor]) -> Tensor:
+        calls.append(1)
+        return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    for step in range(4):
+        x, y = data(step)
+        opt.step_accumulate(loss_fn, [(x[:8], y[:8]), (x[8:], y[8:])])
+        ref.step(closure_for(twin, ref, step, []))
+    assert len(calls) == 4 + 2 + 4 + 2
+    assert_same(model, twin)
+
+
 # -- ρ schedules ------------------------------------------------------------------------------
 
 

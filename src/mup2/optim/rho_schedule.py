@@ -8,7 +8,9 @@ step, as for an LR scheduler. It works with :class:`mup2.SAM`, :class:`mup2.Ligh
 variant: they read ``rho`` from the groups, and a step whose ``rho`` is 0 in every group takes
 one forward/backward pass, the base optimizer's step on the plain gradient
 (:meth:`mup2.SAM.step`). ``state_dict``/``load_state_dict`` save the step count and the base
-radii, so a resumed run continues the schedule exactly.
+radii, so a resumed run continues the schedule exactly. SAM caches its perturbation plan
+until a radius changes: a schedule whose radius changes on every step (:class:`LambdaRho` with
+a smooth function) rebuilds it on every step, a few small host-to-device copies.
 
 - :class:`LambdaRho`: ``factor(t)`` given as a function;
 - :class:`LatePhase`: late-phase SAM (Zhou et al., ICLR 2025, arXiv 2410.10373): ``rho = 0``
