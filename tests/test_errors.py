@@ -373,6 +373,18 @@ CASES = [
     Case("config", "`rho = inf`", lambda d: _train(d, sam={"rho": INF}), "sam.rho: .*finite"),
     Case(
         "config",
+        "`sam.rule = 'msam'` with SGD `momentum = 0`",
+        lambda d: _train(d, sam={"rule": "msam", "rho": 0.3}, **_with("optimizer", momentum=0.0)),
+        "sam.rule: 'msam' perturbs along the optimizer's momentum",
+    ),
+    Case(
+        "config",
+        "`sam.rule = 'rwp'` with `every = 2`",
+        lambda d: _train(d, sam={"rule": "rwp", "rho": 0.01, "every": 2}),
+        "sam.every: 'rwp' is one-pass",
+    ),
+    Case(
+        "config",
         "`weight_decay = inf`",
         lambda d: _train(d, **_with("optimizer", weight_decay=INF)),
         "weight_decay: .*finite",
@@ -722,6 +734,30 @@ ARGUMENTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         lambda: mup2.LightSAM(_params(), betas=("0.9", "0.999")),  # type: ignore[arg-type]
         TypeError,
         "betas must be numbers, got ('0.9', '0.999') (tuple), holding the string '0.9'",
+    ),
+    (
+        "`SAM(params, rule='msam')` (a one-pass rule)",
+        lambda: mup2.SAM(_params(), lr=0.1, rule="msam"),
+        ValueError,
+        "param group 0: rule 'msam' is one-pass: use mup2.MSAM(params, ...)",
+    ),
+    (
+        "`MSAM(params, torch.optim.SGD, momentum=0)`",
+        lambda: mup2.MSAM(_params(), torch.optim.SGD, lr=0.1),
+        ValueError,
+        "param group 0: MSAM perturbs along SGD's momentum, and this group has momentum=0",
+    ),
+    (
+        "`MSAM(params, torch.optim.Adagrad)`",
+        lambda: mup2.MSAM(_params(), torch.optim.Adagrad, lr=0.1),
+        ValueError,
+        "MSAM perturbs along the base optimizer's momentum, and Adagrad keeps none",
+    ),
+    (
+        "`RWP(seed='0')`",
+        lambda: mup2.RWP(_params(), lr=0.1, seed="0"),  # type: ignore[arg-type]
+        TypeError,
+        "seed must be an integer, got the string '0'",
     ),
     (
         "`AdaGradNorm(lr='0.1')`",

@@ -266,7 +266,11 @@ class SAMConfig(Section):
     ``rule = "lightsam"``: :class:`mup2.LightSAM` with the optimizer's adaptive step size in the
     ascent too (``adamw``: Adam, ``adagrad``, ``adagrad-norm``); ``bias_correction`` and
     ``ascent_beta1`` are its Adam-ascent options. ``rule = "sam-readout"``: SAM on the readout
-    alone (its weight and bias), the control of the mechanism (``docs/sam.md``).
+    alone (its weight and bias), the control of the mechanism (``docs/sam.md``). The one-pass
+    rules cost one forward/backward per step: ``"msam"`` (:class:`mup2.MSAM`, along minus the
+    momentum of ``sgd`` with ``momentum > 0`` or ``adamw``; its ``rho`` is larger than SAM's,
+    about 0.3) and ``"rwp"`` (:class:`mup2.RWP`, Gaussian noise of std ``rho`` at base width,
+    seeded from the run's seed); a ``schedule`` applies to them too, ``every`` does not.
 
     Cheaper SAM (``docs/sam.md``, "Cheap SAM"): ``schedule = "late:F"`` runs the base optimizer
     alone (``rho = 0``, one pass) for the first ``1 - F`` of the steps and SAM for the last
@@ -276,7 +280,9 @@ class SAMConfig(Section):
     with ``alpha`` (and ``layerwise``: per tensor)."""
 
     rho: NonNegativeFloat = 0.0
-    rule: Literal["sam", "asam", "asam-layerwise", "sam-on", "sam-readout", "lightsam"] = "sam"
+    rule: Literal[
+        "sam", "asam", "asam-layerwise", "sam-on", "sam-readout", "lightsam", "msam", "rwp"
+    ] = "sam"
     scaling: Literal["naive", "global", "mup2", "mup2-coupled"] = "mup2"
     eta: NonNegativeFloat = 0.01
     bias_correction: bool = True
@@ -330,6 +336,12 @@ class SAMConfig(Section):
                         f"sam.{key}: LookSAM's, set only with sam.between = 'looksam' "
                         f"(between is {self.between!r})"
                     )
+        rule = get_rule(self.sam_rule("adamw"))
+        if rule.one_pass and self.every != 1:
+            raise ValueError(
+                f"sam.every: {rule.name!r} is one-pass (it perturbs in the step's only pass), "
+                "and every = k skips SAM's second pass, which it does not take; set every = 1"
+            )
         return self
 
 
@@ -409,6 +421,14 @@ class TrainConfig(Section):
                 f"{opt!r}; use {want!r}"
             )
         rule = get_rule(self.sam.sam_rule(opt))
+        if rule.reads_momentum and (
+            get_family(opt).name not in ("sgd", "adamw")
+            or getattr(self.optimizer, "momentum", 1.0) == 0.0
+        ):
+            raise ValueError(
+                f"sam.rule: {rule.name!r} perturbs along the optimizer's momentum: use "
+                "optimizer.name 'sgd' with momentum > 0, or 'adamw'"
+            )
         mlp = self.model if isinstance(self.model, MLPConfig) else None
         if rule.norm_only and mlp is not None and mlp.norm == "none":
             raise ValueError(

@@ -56,6 +56,7 @@ from mup2.losses import mean_loss, sum_loss
 from mup2.models.registry import build_model
 from mup2.optim.families import family_of_variant, get_family
 from mup2.optim.lightsam import LightSAM, Variant
+from mup2.optim.onepass import RWP, onepass_optimizer
 from mup2.optim.rho_schedule import LatePhase, RhoScheduler
 from mup2.optim.rules import get_rule
 from mup2.optim.sam import SAM
@@ -268,8 +269,9 @@ def train_loader(
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, p: Parametrization) -> SAM:
-    """:class:`mup2.SAM` (or :class:`mup2.LightSAM` for ``sam.rule = "lightsam"``) over the μP
-    param groups of ``model``."""
+    """:class:`mup2.SAM` (or :class:`mup2.LightSAM` for ``sam.rule = "lightsam"``, the one-pass
+    :class:`mup2.MSAM`/:class:`mup2.RWP` for ``"msam"``/``"rwp"``, RWP's noise seeded by
+    ``derive_seed(seed, 3)``) over the μP param groups of ``model``."""
     o, s = config.optimizer, config.sam
     groups = p.param_groups(model, lr=o.lr, weight_decay=o.weight_decay)
     cheap: dict[str, Any] = {"every": s.every, "between": s.between, "alpha": s.alpha}
@@ -291,6 +293,18 @@ def make_optimizer(config: TrainConfig, model: nn.Module, p: Parametrization) ->
             model=model,
             **cheap,
             **kw,
+        )
+    if rule.one_pass:
+        cls = onepass_optimizer(rule)
+        extra: dict[str, Any] = {"seed": derive_seed(config.seed, 3)} if cls is RWP else {}
+        return cls(
+            groups,
+            family.optimizer,
+            rho=s.rho,
+            scaling=s.scaling,
+            model=model,
+            **extra,
+            **family.kwargs(lr=o.lr, weight_decay=o.weight_decay, **kw),
         )
     return SAM(
         groups,

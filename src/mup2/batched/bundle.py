@@ -84,6 +84,10 @@ def check_batchable(configs: Sequence[TrainConfig]) -> None:
         rule = get_rule(c.sam.sam_rule(c.optimizer.name))
         if rule.lightsam is not None:
             raise BatchError(f"sam.rule: batched training has no LightSAM ({rule.name!r})")
+        if rule.one_pass:
+            raise BatchError(
+                f"sam.rule: batched training has no one-pass rule ({rule.name!r}); use batch = 1"
+            )
     sam = first.sam
     if sam.schedule != "constant" or sam.every != 1:
         raise BatchError(

@@ -114,7 +114,7 @@ class Plan:
 
     def subset(self, keep: Sequence[int]) -> Plan:
         keys = [self.keys[i] for i in keep]
-        idx = torch.tensor(keep, device=self.rho.device)
+        idx = torch.tensor(keep, dtype=torch.long, device=self.rho.device)
         return Plan(
             [self.params[i] for i in keep],
             [self.bufs[i] for i in keep],
@@ -348,6 +348,11 @@ class SAM(torch.optim.Optimizer):
                 f"rule {rule.name!r} is LightSAM's: use mup2.LightSAM(params, "
                 f"variant={rule.lightsam!r}) (mup2.SAM takes {list(RULES)})"
             )
+        if rule.one_pass:
+            return (
+                f"rule {rule.name!r} is one-pass: use mup2.{rule.label}(params, ...) "
+                f"({type(self).__name__} takes {list(self.RULES)})"
+            )
         return f"{type(self).__name__} takes the rules {list(self.RULES)}, not {rule.name!r}"
 
     def _check_norm_only(self) -> None:
@@ -457,6 +462,16 @@ class SAM(torch.optim.Optimizer):
         )
         return d, k, plan.bucketed
 
+    def _ascent_inputs(self, plan: Plan) -> tuple[Plan, list[Tensor]]:
+        """The tensors the ascent moves and what it reads for each, the other extension point
+        of subclasses: here the tensors of ``plan`` that have a gradient, and their gradients
+        (the one-pass :class:`mup2.MSAM` reads the base optimizer's momentum instead)."""
+        grads = [p.grad for p in plan.params]
+        if any(g is None for g in grads):
+            plan = plan.subset([i for i, g in enumerate(grads) if g is not None])
+            grads = [p.grad for p in plan.params]
+        return plan, grads  # type: ignore[return-value]
+
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """Move to ``w + eps`` using the current gradients (tensors without one stay put)."""
@@ -466,15 +481,11 @@ class SAM(torch.optim.Optimizer):
             params = self._with_grads()
             torch._foreach_copy_(self._gv(params), _local_grads(params))
             self._saved_g = True
-        plan = self.perturbation_plan()
-        grads = [p.grad for p in plan.params]
-        if any(g is None for g in grads):
-            plan = plan.subset([i for i, g in enumerate(grads) if g is not None])
-            grads = [p.grad for p in plan.params]
+        plan, grads = self._ascent_inputs(self.perturbation_plan())
         if plan.params:
             if plan.reduce is not None:  # FSDP: compute on the local shards
-                plan, grads = plan.local(), locals_(grads)  # type: ignore[assignment, arg-type]
-            d, k, bucketed = self._perturbation(plan, grads)  # type: ignore[arg-type]
+                plan, grads = plan.local(), locals_(grads)
+            d, k, bucketed = self._perturbation(plan, grads)
             restore = self.restore
             if restore == "subtract":
                 torch._foreach_copy_(plan.bufs, d)
