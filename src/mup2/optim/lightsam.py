@@ -28,7 +28,7 @@ from mup2.errors import check_number, shown
 from mup2.optim.families import family_of_variant
 from mup2.optim.perturb import norms
 from mup2.optim.rules import LIGHTSAM_RULES, Rule
-from mup2.optim.sam import SAM, Plan, Restore
+from mup2.optim.sam import SAM, Between, Plan, Restore
 from mup2.optim.shards import local
 
 __all__ = ["LightSAM", "Variant", "descent_optimizer"]
@@ -58,8 +58,9 @@ class LightSAM(SAM):
     """SAM with AdaGrad-Norm, AdaGrad or Adam step sizes in ascent and descent.
 
     Same API, checkpoints and helpers as :class:`mup2.SAM` (``step(closure)``, ``first_step`` /
-    ``second_step``, ``model=`` for DDP and BatchNorm). Use μP groups of the matching base
-    optimizer: ``mup-sgd`` for ``adagrad-norm`` (SGD-like), ``mup-adam`` for ``adagrad``/``adam``.
+    ``second_step``, ``model=`` for DDP and BatchNorm, ``every``/``between``/``alpha``/
+    ``layerwise`` for SAM on every k-th step). Use μP groups of the matching base optimizer:
+    ``mup-sgd`` for ``adagrad-norm`` (SGD-like), ``mup-adam`` for ``adagrad``/``adam``.
     Every group runs the variant's rule (``lightsam-<variant>``); groups may set their own
     ``rho`` and ``scaling``.
 
@@ -87,6 +88,10 @@ class LightSAM(SAM):
         restore: Restore = "copy",
         model: nn.Module | None = None,
         sync_perturbation: bool = False,
+        every: int = 1,
+        between: Between = "sgd",
+        alpha: float = 0.7,
+        layerwise: bool = False,
         base_optimizer: type[torch.optim.Optimizer] | None = None,
         **base_kwargs: Any,
     ) -> None:
@@ -128,6 +133,10 @@ class LightSAM(SAM):
             restore=restore,
             model=model,
             sync_perturbation=sync_perturbation,
+            every=every,
+            between=between,
+            alpha=alpha,
+            layerwise=layerwise,
             **kw,
         )
 
@@ -146,6 +155,7 @@ class LightSAM(SAM):
     def init_state(self) -> None:
         """Create the ascent state of every perturbed tensor at its initial value (as the first
         step would), so that a fresh optimizer has the structure a checkpoint loads into."""
+        super().init_state()
         for p in self.perturbation_plan().owners:
             if self.variant == "adagrad-norm":
                 self._state(p, "ascent_u", 0.0, scalar=True)
