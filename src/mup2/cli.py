@@ -102,7 +102,8 @@ def _choice(*names: str) -> Any:
     return parse
 
 
-_POSITIVE, _NONNEGATIVE, _NUMBER = _number(0.0, above=True), _number(0.0), _number()
+_POSITIVE, _NONNEGATIVE, _FRACTION = _number(0.0, above=True), _number(0.0), _number(0.0, 1.0)
+_NUMBER = _number()
 
 
 def _batch(value: str) -> str:
