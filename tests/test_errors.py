@@ -482,9 +482,15 @@ CASES = [
     ),
     Case(
         "option",
-        "`report --unstable-below 2`",
-        lambda d: ["report", "--storage", "x", "--study", "s", "--unstable-below", "2"],
-        "2 must be <= 1",
+        "`report --unstable-below 2` (an accuracy)",
+        lambda d: [*_report(_store(d), d / "out"), "--unstable-below", "2"],
+        r"unstable_below 2 is not in \[0, 1\]: test_accuracy is a fraction",
+    ),
+    Case(
+        "option",
+        "`report --unstable-above 0.5` (a maximized metric)",
+        lambda d: [*_report(_store(d), d / "out"), "--unstable-above", "0.5"],
+        "the sweep maximizes test_accuracy: a run is unstable below a threshold",
     ),
 ]
 
