@@ -77,7 +77,11 @@ def main() -> None:
     for study in names:
         a = analyze(load_sweep(STORE, study))
         rows += _rows(study.removeprefix("cheap-"), a, "mup2", base_only=False)
-    bench = json.loads((OUT / "bench.json").read_text())["results"] if (OUT / "bench.json").exists() else {}
+    bench = (
+        json.loads((OUT / "bench.json").read_text())["results"]
+        if (OUT / "bench.json").exists()
+        else {}
+    )
     lines = [
         "| width | method | η | ρ | test accuracy (95% CI, seeds) | gain kept | × SGD wall-clock | "
         "(η*, ρ*) transfer 64 → 512 |",
@@ -105,8 +109,13 @@ def main() -> None:
             if w != width or math.isnan(cost):
                 continue
             ax.errorbar(cost, 100 * mean, yerr=100 * spread, fmt=marker, capsize=3)
-            ax.annotate(f"{method} ({w})", (cost, 100 * mean), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                f"{method} ({w})",
+                (cost, 100 * mean),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
     ax.set_xlabel("wall-clock per epoch / SGD's")
     ax.set_ylabel("test accuracy (%), 95% CI over seeds")
     ax.set_title("Cheap SAM variants under μP², R1 (circles: width 64, squares: 512)")
