@@ -103,6 +103,7 @@ def _choice(*names: str) -> Any:
 
 
 _POSITIVE, _NONNEGATIVE, _FRACTION = _number(0.0, above=True), _number(0.0), _number(0.0, 1.0)
+_NUMBER = _number()
 
 
 def _batch(value: str) -> str:
@@ -388,17 +389,45 @@ def report(
         Path | None, typer.Option(help="output directory (default: reports/ and the study name)")
     ] = None,
     unstable_below: Annotated[
-        float,
-        typer.Option(parser=_FRACTION, help="runs below this test accuracy count as unstable"),
-    ] = 0.30,
+        float | None,
+        typer.Option(
+            parser=_NUMBER,
+            help="runs of a maximized metric below this count as unstable "
+            "(default: 0.30 for the built-in test accuracy, none for other metrics)",
+        ),
+    ] = None,
+    unstable_above: Annotated[
+        float | None,
+        typer.Option(
+            parser=_NUMBER,
+            help="runs of a minimized metric (a loss) above this count as unstable "
+            "(default: none, only diverged runs)",
+        ),
+    ] = None,
+    curves: Annotated[
+        bool | None,
+        typer.Option(
+            "--curves/--no-curves",
+            help="draw curves.png, the metric over steps at each width's optimum "
+            "(default: for sweeps of a user's function)",
+        ),
+    ] = None,
 ) -> None:
-    """Figure 1 (accuracy over (lr, rho) per width), the rho slice, the optima against width,
-    summary.md and trials.csv from a sweep's storage (see docs/report.md)."""
+    """Figure 1 (the sweep's metric over (lr, rho) per width), the rho slice, the optima against
+    width, summary.md, trials.csv and optima.csv from a sweep's storage, for the metric and
+    direction the sweep declared (see docs/report.md)."""
     from mup2.report import make_report
 
     out_dir = out if out is not None else Path("reports") / study
     _writable(out_dir, "--out", directory=True)
-    files = make_report(storage, study, out_dir, unstable_below=unstable_below)
+    files = make_report(
+        storage,
+        study,
+        out_dir,
+        unstable_below=unstable_below,
+        unstable_above=unstable_above,
+        curves=curves,
+    )
     for p, t in files.analysis.transfers.items():
         typer.echo(f"{p}: transfer {t.verdict} ({t.reason})")
     for path in files.paths:

@@ -5,8 +5,8 @@
 moments) that :meth:`mup2.SAM.state_dict` nests. These helpers save three entries, each keyed by
 parameter name and sharded like the parameters under FSDP2: ``model``, ``optim`` (the base
 optimizer, with the param groups and their μP metadata) and ``ascent`` (SAM's own state, e.g.
-LightSAM's accumulators or LookSAM's ``g_v``; empty for SAM); and ``sam_step``, where the cycle
-of ``every`` stands (:attr:`mup2.SAM.sam_step`, a 0-d tensor)::
+LightSAM's accumulators or LookSAM's ``g_v``; empty for SAM); and with ``every > 1``
+``sam_step``, where the cycle stands (:attr:`mup2.SAM.sam_step`, a 0-d tensor)::
 
     sd = mup2.optim.dcp.get_state_dict(model, opt)
     torch.distributed.checkpoint.save(sd, checkpoint_id=path)
@@ -46,12 +46,14 @@ class _Ascent(torch.optim.Optimizer):
 def get_state_dict(model: nn.Module, opt: SAM) -> dict[str, Any]:
     """``{"model", "optim", "ascent"}`` for ``torch.distributed.checkpoint.save``/``load``."""
     opt.init_state()  # a fresh optimizer must offer its state's structure to load into
-    return {
+    sd = {
         "model": dsd.get_model_state_dict(model),
         "optim": dsd.get_optimizer_state_dict(model, opt.base_optimizer),
         "ascent": dsd.get_optimizer_state_dict(model, _Ascent(opt)) if opt.state else {},
-        "sam_step": torch.tensor(opt.sam_step, dtype=torch.int64),
     }
+    if opt.every > 1:  # only then (checkpoints of every = 1, older ones too, lack it)
+        sd["sam_step"] = torch.tensor(opt.sam_step, dtype=torch.int64)
+    return sd
 
 
 def set_state_dict(model: nn.Module, opt: SAM, state_dict: dict[str, Any]) -> None:
