@@ -121,7 +121,7 @@ def test_unknown_keys_are_named(change: dict[str, Any], key: str) -> None:
     ("change", "key"),
     [
         ({"model.width": 0}, "model.width: Input should be greater than 0"),
-        ({"model.name": "vgg"}, "model.name: must be one of ['mlp', 'resnet18', 'vit']"),
+        ({"model.name": "vgg"}, "model.name: must be one of ['mlp', 'resmlp', 'resnet18', 'vit']"),
         ({"model.norm": "group"}, "model.norm: Input should be 'none', 'layer' or 'batch'"),
         ({"optimizer.lr": -1}, "optimizer.lr: Input should be greater than 0"),
         ({"optimizer.momentum": 1.5}, "optimizer.momentum: Input should be less than 1"),
@@ -131,7 +131,7 @@ def test_unknown_keys_are_named(change: dict[str, Any], key: str) -> None:
         ({"sam.rule": "asam", "sam.scaling": "mup2-coupled"}, "sam.scaling:"),
         ({"sam.rule": "sam-on"}, "sam.rule: 'sam-on' perturbs only normalization layers"),
         ({"scheme": "mup-adam"}, "scheme: 'mup-adam' has the wrong LR multipliers"),
-        ({"scheme": "ntk"}, "scheme: Input should be 'sp', 'mup-sgd' or 'mup-adam'"),
+        ({"scheme": "ntk"}, "scheme: Input should be 'sp', 'mup-sgd', 'mup-adam' or 'mup-muon'"),
         ({"epochs": "many"}, "epochs: Input should be a valid integer"),
         ({"device": "gpu"}, "device: 'auto', 'cpu', 'cuda' or 'cuda:N', not 'gpu'"),
         ({"label_smoothing": 1.0}, "label_smoothing: Input should be less than 1"),

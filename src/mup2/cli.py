@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 
 from mup2.errors import USER_ERROR, UserError, describe_os_error
 from mup2.optim.families import adam_like
-from mup2.optim.rules import LIGHTSAM_RULES, RULES, SCALINGS, get_rule
+from mup2.optim.rules import LIGHTSAM_RULES, ONEPASS_RULES, RULES, SCALINGS, get_rule
 from mup2.parametrization.schemes import SCHEMES
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ def _choice(*names: str) -> Any:
 
 
 _POSITIVE, _NONNEGATIVE, _FRACTION = _number(0.0, above=True), _number(0.0), _number(0.0, 1.0)
+_NUMBER = _number()
 
 
 def _batch(value: str) -> str:
@@ -201,8 +202,13 @@ def coordcheck(
         str, typer.Option(parser=_choice("sp", "mup"), help="sp or mup (μP for SGD)")
     ] = "mup",
     rule: Annotated[
-        str, typer.Option(parser=_choice(*RULES, *LIGHTSAM_RULES), help="the rule")
-    ] = "sam",
+        list[str] | None,
+        typer.Option(
+            parser=_choice(*RULES, *LIGHTSAM_RULES, *ONEPASS_RULES),
+            help="the rule; repeatable (default: sam; with --table, the rules of Table 1 and "
+            "LightSAM's)",
+        ),
+    ] = None,
     scaling: Annotated[
         list[str] | None,
         typer.Option(
@@ -219,6 +225,20 @@ def coordcheck(
         ),
     ] = 1e-3,
     eta: Annotated[float, typer.Option(parser=_NONNEGATIVE, help="ASAM offset")] = 0.01,
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            parser=_choice("sgd", "adamw"),
+            help="base optimizer of the SAM and one-pass rules: sgd (lr) or adamw "
+            "(--adaptive-lr, and μP for Adam)",
+        ),
+    ] = "sgd",
+    momentum: Annotated[
+        float | None,
+        typer.Option(
+            parser=_FRACTION, help="SGD momentum (default: 0.9 for msam, which needs it, else 0)"
+        ),
+    ] = None,
     steps: Annotated[
         int, typer.Option(min=1, help="SAM steps; slopes are reported at the last")
     ] = 3,
@@ -257,24 +277,43 @@ def coordcheck(
     except ValueError:
         raise UserError(f"--widths must be comma-separated integers, got {widths!r}") from None
     scalings = list(scaling or TABLE1_SCALINGS)
-    rules = [*TABLE1_RULES, *LIGHTSAM_RULES] if table else [rule]
+    rules = list(rule or ([*TABLE1_RULES, *LIGHTSAM_RULES] if table else ["sam"]))
     norm_only = [r for r in rules if get_rule(r).norm_only]
     norm_ = norm or ("layer" if norm_only else "none")
     if norm_only and norm_ == "none":
         raise UserError(
             f"rule {norm_only[0]!r} perturbs only normalization layers: use --norm layer"
         )
+
+    def moment(r: str) -> bool:  # MSAM: SGD needs momentum
+        return get_rule(r).reads_momentum
+
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, in_features, generator=gen)
     y = torch.randint(0, 10, (batch_size,), generator=gen)
     factory = partial(MLP, depth=depth, in_features=in_features, norm=norm_)  # type: ignore[arg-type]
+    sgd: dict[str, Any] = {"lr": lr, "scheme": scheme}
+    if momentum:
+        sgd["base_kwargs"] = {"momentum": momentum}
+    sets: list[tuple[list[str], dict[str, Any]]]
+    if optimizer == "adamw":  # SAM's and the one-pass rules around AdamW, in μP for Adam
+        adam = "mup-adam" if scheme == "mup" else scheme
+        kw = {"lr": adaptive_lr, "scheme": adam, "base_optimizer": torch.optim.AdamW}
+        sets = [
+            ([r for r in rules if get_rule(r).lightsam is None], kw),
+            ([r for r in rules if get_rule(r).lightsam is not None and not adam_like(r)], sgd),
+        ]
+    else:
+        mom = {"momentum": 0.9 if momentum is None else momentum}  # MSAM needs one
+        sets = [
+            ([r for r in rules if not adam_like(r) and not moment(r)], sgd),
+            ([r for r in rules if moment(r)], {**sgd, "base_kwargs": mom}),
+        ]
+    sets.append(([r for r in rules if adam_like(r)], {"lr": adaptive_lr, "scheme": scheme}))
     try:
         results = [
             res
-            for rule_set, rate in (
-                ([r for r in rules if not adam_like(r)], lr),
-                ([r for r in rules if adam_like(r)], adaptive_lr),
-            )
+            for rule_set, kw in sets
             if rule_set
             for res in table1(
                 factory,
@@ -283,21 +322,22 @@ def coordcheck(
                 y,
                 rules=rule_set,
                 scalings=scalings,
-                scheme=scheme,
                 rho=rho,
-                lr=rate,
                 eta=eta,
                 steps=steps,
                 seeds=range(seeds),
+                **kw,
             )
         ]
     except ValueError as exc:  # the check's own validation: widths, rule and scaling
         raise UserError(str(exc)) from None
+    results.sort(key=lambda res: rules.index(res.rule))  # in the order asked (stable: scalings)
     if table:
         typer.echo(
             f"Effectively perturbed layer groups (slope of log2 effective-perturbation RMS vs "
             f"log2 width > -0.25) of a {depth}-layer ReLU MLP, norm={norm_}, scheme {scheme}, "
-            f"SGD lr={lr}, rho={rho}, widths {ws}, seeds 0..{seeds - 1}, step {steps} of "
+            f"{'AdamW lr=' + str(adaptive_lr) if optimizer == 'adamw' else f'SGD lr={lr}'}, "
+            f"rho={rho}, widths {ws}, seeds 0..{seeds - 1}, step {steps} of "
             f"{steps}.\n"
         )
         typer.echo(format_table1(results))
@@ -352,17 +392,45 @@ def report(
         Path | None, typer.Option(help="output directory (default: reports/ and the study name)")
     ] = None,
     unstable_below: Annotated[
-        float,
-        typer.Option(parser=_FRACTION, help="runs below this test accuracy count as unstable"),
-    ] = 0.30,
+        float | None,
+        typer.Option(
+            parser=_NUMBER,
+            help="runs of a maximized metric below this count as unstable "
+            "(default: 0.30 for the built-in test accuracy, none for other metrics)",
+        ),
+    ] = None,
+    unstable_above: Annotated[
+        float | None,
+        typer.Option(
+            parser=_NUMBER,
+            help="runs of a minimized metric (a loss) above this count as unstable "
+            "(default: none, only diverged runs)",
+        ),
+    ] = None,
+    curves: Annotated[
+        bool | None,
+        typer.Option(
+            "--curves/--no-curves",
+            help="draw curves.png, the metric over steps at each width's optimum "
+            "(default: for sweeps of a user's function)",
+        ),
+    ] = None,
 ) -> None:
-    """Figure 1 (accuracy over (lr, rho) per width), the rho slice, the optima against width,
-    summary.md and trials.csv from a sweep's storage (see docs/report.md)."""
+    """Figure 1 (the sweep's metric over (lr, rho) per width), the rho slice, the optima against
+    width, summary.md, trials.csv and optima.csv from a sweep's storage, for the metric and
+    direction the sweep declared (see docs/report.md)."""
     from mup2.report import make_report
 
     out_dir = out if out is not None else Path("reports") / study
     _writable(out_dir, "--out", directory=True)
-    files = make_report(storage, study, out_dir, unstable_below=unstable_below)
+    files = make_report(
+        storage,
+        study,
+        out_dir,
+        unstable_below=unstable_below,
+        unstable_above=unstable_above,
+        curves=curves,
+    )
     for p, t in files.analysis.transfers.items():
         typer.echo(f"{p}: transfer {t.verdict} ({t.reason})")
     for path in files.paths:
