@@ -38,7 +38,7 @@ from mup2.sweep import parse_sweep_config, prepare
 from mup2.train import CHECKPOINT
 from mup2.train import train as train_run
 
-from nets import mlp
+from nets import DictBlocks, ListBlocks, mlp
 
 TRAIN: dict[str, Any] = {
     "epochs": 1,
@@ -616,6 +616,16 @@ PARAMETRIZATIONS = [
         "an unknown scheme",
         lambda: mup2.Parametrization.infer(mlp(64), mlp(16), "mup3"),
         "unknown scheme 'mup3'",
+    ),
+    (
+        "a shallower base whose blocks are in an `nn.ModuleDict`",
+        lambda: mup2.Parametrization.infer(DictBlocks(32, 4), DictBlocks(16, 2)),
+        "the model and the base differ in depth",
+    ),
+    (
+        "a shallower base, blocks with no known branch output",
+        lambda: mup2.Parametrization.infer(ListBlocks(32, 4), ListBlocks(16, 2)),
+        "have none of the residual branch outputs mup2 knows",
     ),
 ]
 
