@@ -222,6 +222,14 @@ def coordcheck(
         ),
     ] = 1e-3,
     eta: Annotated[float, typer.Option(parser=_NONNEGATIVE, help="ASAM offset")] = 0.01,
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            parser=_choice("sgd", "adamw"),
+            help="base optimizer of the SAM and one-pass rules: sgd (lr) or adamw "
+            "(--adaptive-lr, and μP for Adam)",
+        ),
+    ] = "sgd",
     momentum: Annotated[
         float | None,
         typer.Option(
@@ -281,14 +289,28 @@ def coordcheck(
     x = torch.randn(batch_size, in_features, generator=gen)
     y = torch.randint(0, 10, (batch_size,), generator=gen)
     factory = partial(MLP, depth=depth, in_features=in_features, norm=norm_)  # type: ignore[arg-type]
+    sgd: dict[str, Any] = {"lr": lr, "scheme": scheme}
+    if momentum:
+        sgd["base_kwargs"] = {"momentum": momentum}
+    sets: list[tuple[list[str], dict[str, Any]]]
+    if optimizer == "adamw":  # SAM's and the one-pass rules around AdamW, in μP for Adam
+        adam = "mup-adam" if scheme == "mup" else scheme
+        kw = {"lr": adaptive_lr, "scheme": adam, "base_optimizer": torch.optim.AdamW}
+        sets = [
+            ([r for r in rules if get_rule(r).lightsam is None], kw),
+            ([r for r in rules if get_rule(r).lightsam is not None and not adam_like(r)], sgd),
+        ]
+    else:
+        mom = {"momentum": 0.9 if momentum is None else momentum}  # MSAM needs one
+        sets = [
+            ([r for r in rules if not adam_like(r) and not moment(r)], sgd),
+            ([r for r in rules if moment(r)], {**sgd, "base_kwargs": mom}),
+        ]
+    sets.append(([r for r in rules if adam_like(r)], {"lr": adaptive_lr, "scheme": scheme}))
     try:
         results = [
             res
-            for rule_set, rate, mom in (
-                ([r for r in rules if not adam_like(r) and not moment(r)], lr, momentum or 0.0),
-                ([r for r in rules if moment(r)], lr, 0.9 if momentum is None else momentum),
-                ([r for r in rules if adam_like(r)], adaptive_lr, momentum or 0.0),
-            )
+            for rule_set, kw in sets
             if rule_set
             for res in table1(
                 factory,
@@ -297,22 +319,22 @@ def coordcheck(
                 y,
                 rules=rule_set,
                 scalings=scalings,
-                scheme=scheme,
                 rho=rho,
-                lr=rate,
                 eta=eta,
                 steps=steps,
                 seeds=range(seeds),
-                base_kwargs={"momentum": mom} if mom else None,
+                **kw,
             )
         ]
     except ValueError as exc:  # the check's own validation: widths, rule and scaling
         raise UserError(str(exc)) from None
+    results.sort(key=lambda res: rules.index(res.rule))  # in the order asked (stable: scalings)
     if table:
         typer.echo(
             f"Effectively perturbed layer groups (slope of log2 effective-perturbation RMS vs "
             f"log2 width > -0.25) of a {depth}-layer ReLU MLP, norm={norm_}, scheme {scheme}, "
-            f"SGD lr={lr}, rho={rho}, widths {ws}, seeds 0..{seeds - 1}, step {steps} of "
+            f"{'AdamW lr=' + str(adaptive_lr) if optimizer == 'adamw' else f'SGD lr={lr}'}, "
+            f"rho={rho}, widths {ws}, seeds 0..{seeds - 1}, step {steps} of "
             f"{steps}.\n"
         )
         typer.echo(format_table1(results))

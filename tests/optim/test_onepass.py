@@ -425,3 +425,9 @@ def test_cli_coordcheck_table_rows_of_the_one_pass_rules() -> None:
     assert res.exit_code == 0, res.output
     rows = [line for line in res.output.splitlines() if line.startswith("| MSAM") or "RWP" in line]
     assert len(rows) == 6 and "| MSAM | μP² |" in res.output and "| RWP | naive |" in res.output
+    adamw = [*args, "--optimizer", "adamw", "--scaling", "mup2", "--widths", "16,32,64"]
+    res = runner.invoke(app, [*adamw, "--seeds", "1", "--steps", "2"])
+    assert res.exit_code == 0, res.output
+    assert "AdamW lr=0.001" in res.output and "| MSAM | μP² | yes" in res.output
+    bad = runner.invoke(app, ["coordcheck", "--rule", "msam", "--momentum", "0"])
+    assert bad.exit_code == 2 and "momentum=0" in bad.output
