@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from typer.core import TyperGroup
@@ -22,6 +22,9 @@ from mup2.errors import USER_ERROR, UserError, describe_os_error
 from mup2.optim.families import adam_like
 from mup2.optim.rules import LIGHTSAM_RULES, ONEPASS_RULES, RULES, SCALINGS, get_rule
 from mup2.parametrization.schemes import SCHEMES
+
+if TYPE_CHECKING:
+    from mup2.sweep.config import SweepConfig
 
 __all__ = ["app", "main"]
 
@@ -467,9 +470,10 @@ def sweep(
         ),
     ] = False,
 ) -> None:
-    """Run (or resume) a (width x lr x rho x seed x parametrization) sweep; see docs/sweeps.md.
-    Its first line says what it found: `new store at PATH` or `resuming: N of M runs finished in
-    PATH`. Exits with 0 when every run finished, 1 when some failed (run it again to retry them)."""
+    """Run (or resume) a (width x lr x rho x seed x parametrization) sweep of mup2's training or
+    of your own function (a `train.objective` entry point); see docs/sweeps.md. Its first line
+    says what it found: `new store at PATH` or `resuming: N of M runs finished in PATH`. Exits
+    with 0 when every run finished, 1 when some failed (run it again to retry them)."""
     from mup2.sweep import load_sweep_config, run_sweep
 
     cfg = load_sweep_config(config)
@@ -496,10 +500,7 @@ def sweep(
         f"({state.unstable} unstable, {state.failed} failed); store: {storage}"
     )
     if report_ and state.complete:
-        from mup2.report import make_report
-
-        files = make_report(storage, cfg.name, out / "report", cfg.unstable_below)
-        typer.echo(f"report: {files.summary.parent}")
+        _write_report(cfg, storage, out / "report")
     if not state.finished:
         typer.echo(
             f"error: {state.total - state.complete} runs did not finish (their trials' 'error' "
@@ -507,6 +508,22 @@ def sweep(
             err=True,
         )
         raise typer.Exit(UNFINISHED)
+
+
+def _write_report(cfg: SweepConfig, storage: str, out: Path) -> None:
+    """The sweep's report in ``out``; for a user objective's sweep, a line saying why not when
+    the report cannot be made of its metric."""
+    from mup2.report import make_report
+
+    if cfg.user is None:
+        files = make_report(storage, cfg.name, out, cfg.unstable_below)
+    else:
+        try:  # its metric's own threshold: unstable_below is for mup2's accuracy
+            files = make_report(storage, cfg.name, out)
+        except Exception as exc:  # the run is done and stored: the report is a bonus here
+            typer.echo(f"report: skipped ({type(exc).__name__}: {exc})")
+            return
+    typer.echo(f"report: {files.summary.parent}")
 
 
 def _batch_size(option: str | None) -> int | Literal["auto"] | None:
@@ -523,7 +540,9 @@ def worker(
     max_trials: Annotated[int | None, typer.Option(min=1, help="stop after this many runs")] = None,
 ) -> None:
     """Join a sweep from any machine that reaches its storage; runs until no run is waiting or
-    running. Exits with 0 when the sweep finished, 1 when runs failed, 3 when runs are left."""
+    running. A sweep of your own function imports its entry point here first (a relative file:
+    from the sweep config's folder, else from the current directory). Exits with 0 when the
+    sweep finished, 1 when runs failed, 3 when runs are left."""
     from mup2.sweep import open_sweep, run_worker, stop_on_signals, sweep_state
 
     try:
