@@ -12,12 +12,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _hook() -> Any:
-    spec = importlib.util.spec_from_file_location("repo_links", ROOT / "docs/hooks/repo_links.py")
+def _load(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"docs/hooks/{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.on_page_markdown
+    return module
+
+
+def _hook() -> Any:
+    return _load("repo_links").on_page_markdown
 
 
 def _page(src_uri: str) -> Any:
@@ -42,6 +46,18 @@ def test_links_outside_docs_are_rewritten() -> None:
     linked = hook(md, _page("results.md"), {"repo_url": repo + "/"}, None)
     assert f"[the study]({repo}/blob/main/experiments/figure1/README.md#run)" in linked
     assert "[sweeps](sweeps.md#workers)" in linked
+
+
+def test_sphinx_roles_render_as_code() -> None:
+    hook = _load("sphinx_roles").on_page_content
+    html = (
+        "<p>See :class:<code>~mup2.report.Metric</code>, :func:<code>analyze</code> and "
+        ":py:attr:<code>Run.done</code>; <code>a:b</code> stays.</p>"
+    )
+    assert hook(html, None, None, None) == (
+        "<p>See <code>Metric</code>, <code>analyze</code> and <code>Run.done</code>; "
+        "<code>a:b</code> stays.</p>"
+    )
 
 
 def test_every_api_page_names_a_module_of_mup2() -> None:
