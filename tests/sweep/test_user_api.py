@@ -38,6 +38,7 @@ from mup2.sweep import (
     run_worker,
     sweep_state,
 )
+from mup2.sweep.launch import entry_point
 from mup2.sweep.user import final_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -442,3 +443,22 @@ def test_load_objective_finds_a_relative_file_in_the_root(tmp_path: Path) -> Non
     fn = load_objective("mine.py:f", str(tmp_path))
     assert fn(Point.of(GridPoint("mup2", 16, 0.1, 0.0, 0)), Reporter()) == 1.0
     assert load_objective(f"{tmp_path / 'mine.py'}:f") is fn  # one module per file
+
+
+def test_an_entry_point_names_the_module_or_the_script() -> None:
+    assert entry_point(objectives.bowl) == ("objectives:bowl", os.getcwd())
+    with pytest.raises(TypeError, match=r"objective must be a function objective\(point, report\)"):
+        entry_point(3)  # type: ignore[arg-type]
+
+
+def test_a_module_run_with_python_m_is_named_by_its_module(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "job.py").write_text(
+        "from mup2.sweep.launch import entry_point\n\n\ndef objective(point, report):\n"
+        "    return 0.0\n\n\nif __name__ == '__main__':\n    print(entry_point(objective)[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pkg.job"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "pkg.job:objective"

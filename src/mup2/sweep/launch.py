@@ -61,8 +61,9 @@ class SweepResult:
 
 def entry_point(function: Callable[..., Any]) -> tuple[str, str]:
     """``(entry point, root)`` of a function defined at the top level of a module
-    (``package.module:function``, root: the current directory) or of a script run as
-    ``__main__`` (``file.py:function``, root: the script's folder). :class:`TypeError` for a
+    (``package.module:function``, root: the current directory; also for a module run with
+    ``python -m``) or of a script run as ``__main__`` (``file.py:function``, root: the
+    script's folder). :class:`TypeError` for a
     lambda, a nested function or one typed into an interactive session, which no worker could
     import."""
     if not callable(function):
@@ -75,7 +76,11 @@ def entry_point(function: Callable[..., Any]) -> tuple[str, str]:
             f"{qualname or repr(function)}: every worker imports it by name"
         )
     if module in ("__main__", "__mp_main__"):
-        file = getattr(sys.modules.get(module), "__file__", None)
+        main = sys.modules.get(module)
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name not in ("__main__", "__mp_main__"):  # python -m pkg.x
+            return f"{spec.name}:{qualname}", str(Path.cwd())
+        file = getattr(main, "__file__", None)
         if file is None:
             raise TypeError(
                 f"objective {qualname} is defined in an interactive session, which the workers "
