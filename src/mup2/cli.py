@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from typer.core import TyperGroup
@@ -22,6 +22,9 @@ from mup2.errors import USER_ERROR, UserError, describe_os_error
 from mup2.optim.families import adam_like
 from mup2.optim.rules import LIGHTSAM_RULES, ONEPASS_RULES, RULES, SCALINGS, get_rule
 from mup2.parametrization.schemes import SCHEMES
+
+if TYPE_CHECKING:
+    from mup2.sweep.config import SweepConfig
 
 __all__ = ["app", "main"]
 
@@ -226,6 +229,14 @@ def coordcheck(
         ),
     ] = 1e-3,
     eta: Annotated[float, typer.Option(parser=_NONNEGATIVE, help="ASAM offset")] = 0.01,
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            parser=_choice("sgd", "adamw"),
+            help="base optimizer of the SAM and one-pass rules: sgd (lr) or adamw "
+            "(--adaptive-lr, and μP for Adam)",
+        ),
+    ] = "sgd",
     momentum: Annotated[
         float | None,
         typer.Option(
@@ -312,14 +323,28 @@ def coordcheck(
     x = torch.randn(batch_size, in_features, generator=gen)
     y = torch.randint(0, 10, (batch_size,), generator=gen)
     factory = partial(MLP, depth=depth, in_features=in_features, norm=norm_)  # type: ignore[arg-type]
+    sgd: dict[str, Any] = {"lr": lr, "scheme": scheme}
+    if momentum:
+        sgd["base_kwargs"] = {"momentum": momentum}
+    sets: list[tuple[list[str], dict[str, Any]]]
+    if optimizer == "adamw":  # SAM's and the one-pass rules around AdamW, in μP for Adam
+        adam = "mup-adam" if scheme == "mup" else scheme
+        kw = {"lr": adaptive_lr, "scheme": adam, "base_optimizer": torch.optim.AdamW}
+        sets = [
+            ([r for r in rules if get_rule(r).lightsam is None], kw),
+            ([r for r in rules if get_rule(r).lightsam is not None and not adam_like(r)], sgd),
+        ]
+    else:
+        mom = {"momentum": 0.9 if momentum is None else momentum}  # MSAM needs one
+        sets = [
+            ([r for r in rules if not adam_like(r) and not moment(r)], sgd),
+            ([r for r in rules if moment(r)], {**sgd, "base_kwargs": mom}),
+        ]
+    sets.append(([r for r in rules if adam_like(r)], {"lr": adaptive_lr, "scheme": scheme}))
     try:
         results = [
             res
-            for rule_set, rate, mom in (
-                ([r for r in rules if not adam_like(r) and not moment(r)], lr, momentum or 0.0),
-                ([r for r in rules if moment(r)], lr, 0.9 if momentum is None else momentum),
-                ([r for r in rules if adam_like(r)], adaptive_lr, momentum or 0.0),
-            )
+            for rule_set, kw in sets
             if rule_set
             for res in table1(
                 factory,
@@ -328,22 +353,22 @@ def coordcheck(
                 y,
                 rules=rule_set,
                 scalings=scalings,
-                scheme=scheme,
                 rho=rho,
-                lr=rate,
                 eta=eta,
                 steps=steps,
                 seeds=range(seeds),
-                base_kwargs={"momentum": mom} if mom else None,
+                **kw,
             )
         ]
     except ValueError as exc:  # the check's own validation: widths, rule and scaling
         raise UserError(str(exc)) from None
+    results.sort(key=lambda res: rules.index(res.rule))  # in the order asked (stable: scalings)
     if table:
         typer.echo(
             f"Effectively perturbed layer groups (slope of log2 effective-perturbation RMS vs "
             f"log2 width > -0.25) of a {depth}-layer ReLU MLP, norm={norm_}, scheme {scheme}, "
-            f"SGD lr={lr}, rho={rho}, widths {ws}, seeds 0..{seeds - 1}, step {steps} of "
+            f"{'AdamW lr=' + str(adaptive_lr) if optimizer == 'adamw' else f'SGD lr={lr}'}, "
+            f"rho={rho}, widths {ws}, seeds 0..{seeds - 1}, step {steps} of "
             f"{steps}.\n"
         )
         typer.echo(format_table1(results))
@@ -525,9 +550,10 @@ def sweep(
         ),
     ] = False,
 ) -> None:
-    """Run (or resume) a (width x lr x rho x seed x parametrization) sweep; see docs/sweeps.md.
-    Its first line says what it found: `new store at PATH` or `resuming: N of M runs finished in
-    PATH`. Exits with 0 when every run finished, 1 when some failed (run it again to retry them)."""
+    """Run (or resume) a (width x lr x rho x seed x parametrization) sweep of mup2's training or
+    of your own function (a `train.objective` entry point); see docs/sweeps.md. Its first line
+    says what it found: `new store at PATH` or `resuming: N of M runs finished in PATH`. Exits
+    with 0 when every run finished, 1 when some failed (run it again to retry them)."""
     from mup2.sweep import load_sweep_config, run_sweep
 
     cfg = load_sweep_config(config)
@@ -554,10 +580,7 @@ def sweep(
         f"({state.unstable} unstable, {state.failed} failed); store: {storage}"
     )
     if report_ and state.complete:
-        from mup2.report import make_report
-
-        files = make_report(storage, cfg.name, out / "report", cfg.unstable_below)
-        typer.echo(f"report: {files.summary.parent}")
+        _write_report(cfg, storage, out / "report")
     if not state.finished:
         typer.echo(
             f"error: {state.total - state.complete} runs did not finish (their trials' 'error' "
@@ -565,6 +588,22 @@ def sweep(
             err=True,
         )
         raise typer.Exit(UNFINISHED)
+
+
+def _write_report(cfg: SweepConfig, storage: str, out: Path) -> None:
+    """The sweep's report in ``out``; for a user objective's sweep, a line saying why not when
+    the report cannot be made of its metric."""
+    from mup2.report import make_report
+
+    if cfg.user is None:
+        files = make_report(storage, cfg.name, out, cfg.unstable_below)
+    else:
+        try:  # its metric's own threshold: unstable_below is for mup2's accuracy
+            files = make_report(storage, cfg.name, out)
+        except Exception as exc:  # the run is done and stored: the report is a bonus here
+            typer.echo(f"report: skipped ({type(exc).__name__}: {exc})")
+            return
+    typer.echo(f"report: {files.summary.parent}")
 
 
 def _batch_size(option: str | None) -> int | Literal["auto"] | None:
@@ -581,7 +620,9 @@ def worker(
     max_trials: Annotated[int | None, typer.Option(min=1, help="stop after this many runs")] = None,
 ) -> None:
     """Join a sweep from any machine that reaches its storage; runs until no run is waiting or
-    running. Exits with 0 when the sweep finished, 1 when runs failed, 3 when runs are left."""
+    running. A sweep of your own function imports its entry point here first (a relative file:
+    from the sweep config's folder, else from the current directory). Exits with 0 when the
+    sweep finished, 1 when runs failed, 3 when runs are left."""
     from mup2.sweep import open_sweep, run_worker, stop_on_signals, sweep_state
 
     try:

@@ -1,7 +1,7 @@
 """The report on stores of sweeps around a user's function (written here with Optuna's API as
-``mup2.sweep.run`` writes them): a minimized loss, a maximized score that is not an accuracy, an
-accuracy of the user's; diverged runs at ±inf; columns, verdicts and colour scales after the
-metric."""
+``mup2.sweep.run`` writes them, and one made by ``mup2.sweep.run`` itself): a minimized loss, a
+maximized score that is not an accuracy, an accuracy of the user's; diverged runs at ±inf;
+columns, verdicts and colour scales after the metric."""
 
 from __future__ import annotations
 
@@ -292,3 +292,52 @@ def test_threshold_of_an_accuracy_is_a_fraction(tmp_path: Path) -> None:
     assert analyze(sweep, unstable_below=0.65).unstable_runs("mup2") == (2, 4)
     with pytest.raises(ReportError, match=r"unstable_below 30 is not in \[0, 1\]"):
         analyze(sweep, unstable_below=30)
+
+
+@pytest.mark.slow
+def test_report_of_a_real_user_sweep(tmp_path: Path) -> None:
+    """``mup2.sweep.run`` on a user's function, then ``mup2 report`` on its store."""
+    from mup2.sweep import run
+
+    grid = {
+        "widths": [32, 64],
+        "lr": [0.025, 0.05, 0.1, 0.2],
+        "rho": [0.0, 0.05, 0.1],
+        "seeds": [0, 1],
+        "parametrizations": ["mup2", "sp-naive"],
+    }
+    url = f"sqlite:///{tmp_path}/user.db"
+    result = run(
+        f"{Path(__file__).parent / 'user_objective.py'}:transfer",
+        name="user-e2e",
+        grid=grid,
+        direction="minimize",
+        metric="val_loss",
+        version="1",
+        storage=url,
+        run_dir=tmp_path / "run",
+        progress=False,
+        say=None,
+    )
+    assert result.state.finished
+    res = CliRunner().invoke(
+        app, ["report", "--storage", url, "--study", "user-e2e", "--out", str(tmp_path / "r")]
+    )
+    assert res.exit_code == 0, res.output
+    assert "mup2: transfer holds" in res.output and "sp-naive: transfer fails" in res.output
+    a = analyze(load_sweep(url, "user-e2e"))
+    assert (a.metric.name, a.metric.direction) == ("val_loss", "minimize")
+    for w in (32, 64):
+        o = a.optimum("mup2", w)
+        assert o is not None and (o.lr, o.rho) == (0.1, 0.05)
+        assert o.value == pytest.approx(2.0 - 0.1 * (w == 64) + 0.0005)  # mean over seeds 0, 1
+    o = a.optimum("sp-naive", 64)
+    assert o is not None and o.lr == 0.025
+    assert a.transfers["sp-naive"].reason == "η* moves 2 grid steps"
+    assert a.unstable_runs("sp-naive", 64) == (6, 24)  # η = 0.2: 3 ρ × 2 seeds, NaN → +inf
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert "Objective `" in md and "user_objective.py:transfer` (version `1`)" in md
+    with (tmp_path / "r" / "trials.csv").open() as f:
+        header = next(csv.reader(f))
+    assert header[7:] == ["status", "val_loss", "val_perplexity", "seconds"]
+    assert (tmp_path / "r" / "curves.png").stat().st_size > 10_000
