@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import transformers
 
+import mup2.sweep
 from mup2.integrations.hf import SAMTrainer
 
 __all__ = ["SETTINGS", "corpus", "gpt2", "objective"]
@@ -104,7 +105,7 @@ def gpt2(width: int, settings: dict[str, Any]) -> transformers.GPT2LMHeadModel:
 class _Curve(transformers.TrainerCallback):  # type: ignore[misc]
     """Hands each evaluation's loss to the sweep's reporter."""
 
-    def __init__(self, report: Any) -> None:
+    def __init__(self, report: mup2.sweep.Reporter) -> None:
         self.report = report
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any):
@@ -112,9 +113,10 @@ class _Curve(transformers.TrainerCallback):  # type: ignore[misc]
         self.report.report(loss, state.global_step)
 
 
-def objective(point: Any, report: Any) -> dict[str, float]:
+def objective(point: mup2.sweep.Point, report: mup2.sweep.Reporter) -> dict[str, float]:
     """Train one grid point; return ``{"val_loss", "train_loss"}`` (the sweep minimizes
     ``val_loss``). ``point.settings`` holds :data:`SETTINGS`' keys."""
+    transformers.logging.set_verbosity_error()  # no notes per run in the sweep's log
     s = {**SETTINGS, **point.settings}
     text = corpus(s["train_kb"] + s["val_kb"])
     digest = hashlib.sha256(text).hexdigest()

@@ -18,6 +18,7 @@ Run: ``python examples/lightning_sweep.py`` (writes ``runs/lightning.db``), then
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -68,7 +69,9 @@ class ConvNet(nn.Module):
 class Module(L.LightningModule):  # type: ignore[misc]
     """The ConvNet trained with SAM under manual optimization; reports each epoch's accuracy."""
 
-    def __init__(self, point: Any, report: Any, test: tuple[Tensor, Tensor]) -> None:
+    def __init__(
+        self, point: mup2.sweep.Point, report: mup2.sweep.Reporter, test: tuple[Tensor, Tensor]
+    ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.point, self.reporter, self.test = point, report, test
@@ -98,8 +101,9 @@ def _data(s: dict[str, Any]) -> DataSplits:
     return load_fashion_mnist().head(s["train_size"], s["test_size"])
 
 
-def objective(point: Any, report: Any) -> float:
+def objective(point: mup2.sweep.Point, report: mup2.sweep.Reporter) -> float:
     """Train one grid point; return the final test accuracy."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banner per run
     s = {**SETTINGS, **point.settings}
     data = _data(s)
     x, xt = (normalize(to_unit(d.images), data.mean, data.std) for d in (data.train, data.test))

@@ -18,7 +18,7 @@ def mlp(width: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
 
 
-def objective(point, report) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def objective(point: mup2.sweep.Point, report: mup2.sweep.Reporter) -> dict[str, float]:
     steps, batch = point.settings.get("epochs", 5), point.settings.get("batch", 64)
     data = synthetic_classification(train_size=1024, test_size=512, seed=0)  # your data here
     x, y = data.train.images, data.train.labels
