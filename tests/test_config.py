@@ -131,7 +131,7 @@ def test_unknown_keys_are_named(change: dict[str, Any], key: str) -> None:
         ({"sam.rule": "asam", "sam.scaling": "mup2-coupled"}, "sam.scaling:"),
         ({"sam.rule": "sam-on"}, "sam.rule: 'sam-on' perturbs only normalization layers"),
         ({"scheme": "mup-adam"}, "scheme: 'mup-adam' has the wrong LR multipliers"),
-        ({"scheme": "ntk"}, "scheme: Input should be 'sp', 'mup-sgd' or 'mup-adam'"),
+        ({"scheme": "ntk"}, "scheme: Input should be 'sp', 'mup-sgd', 'mup-adam' or 'mup-muon'"),
         ({"epochs": "many"}, "epochs: Input should be a valid integer"),
         ({"device": "gpu"}, "device: 'auto', 'cpu', 'cuda' or 'cuda:N', not 'gpu'"),
         ({"label_smoothing": 1.0}, "label_smoothing: Input should be less than 1"),

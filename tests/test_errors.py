@@ -33,6 +33,7 @@ from mup2.batched import train_batched
 from mup2.cli import app
 from mup2.config import TrainConfig, parse_config
 from mup2.coordcheck import coord_check, table1
+from mup2.optim import LatePhase
 from mup2.sweep import parse_sweep_config, prepare
 from mup2.train import CHECKPOINT
 from mup2.train import train as train_run
@@ -372,6 +373,18 @@ CASES = [
     Case("config", "`rho = inf`", lambda d: _train(d, sam={"rho": INF}), "sam.rho: .*finite"),
     Case(
         "config",
+        "`sam.rule = 'msam'` with SGD `momentum = 0`",
+        lambda d: _train(d, sam={"rule": "msam", "rho": 0.3}, **_with("optimizer", momentum=0.0)),
+        "sam.rule: 'msam' perturbs along the optimizer's momentum",
+    ),
+    Case(
+        "config",
+        "`sam.rule = 'rwp'` with `every = 2`",
+        lambda d: _train(d, sam={"rule": "rwp", "rho": 0.01, "every": 2}),
+        "sam.every: 'rwp' is one-pass",
+    ),
+    Case(
+        "config",
         "`weight_decay = inf`",
         lambda d: _train(d, **_with("optimizer", weight_decay=INF)),
         "weight_decay: .*finite",
@@ -388,6 +401,30 @@ CASES = [
         "`loss = 'mae'`",
         lambda d: _train(d, loss="mae"),
         "loss: Input should be 'cross-entropy' or 'mse'",
+    ),
+    Case(
+        "config",
+        "`sam.schedule = 'late:1.5'`",
+        lambda d: _train(d, sam={"rho": 0.1, "schedule": "late:1.5"}),
+        "sam.schedule: 'late:1.5' is not a ρ schedule",
+    ),
+    Case(
+        "config",
+        "`sam.between = 'looksam'` with `every = 1`",
+        lambda d: _train(d, sam={"rho": 0.1, "between": "looksam"}),
+        "sam.between: 'looksam' reuses a SAM step's gradient",
+    ),
+    Case(
+        "config",
+        "`sam.alpha` without `between = 'looksam'`",
+        lambda d: _train(d, sam={"rho": 0.1, "every": 2, "alpha": 0.5}),
+        "sam.alpha: LookSAM's, set only with sam.between = 'looksam'",
+    ),
+    Case(
+        "config",
+        "LookSAM with `precision = 'fp16'`",
+        lambda d: _train(d, sam={"every": 2, "between": "looksam"}, precision="fp16"),
+        "sam.between: LookSAM keeps a gradient across steps and takes no gradient scaler",
     ),
     Case(
         "config",
@@ -524,9 +561,25 @@ OPTIMIZERS = [
     ),
     ("`AdaGradNorm(lr=inf)`", lambda p: mup2.AdaGradNorm(p, lr=INF), "lr must be finite"),
     (
+        "`MuonAdamW` with a Muon group of vectors",
+        lambda p: mup2.optim.MuonAdamW([{"params": p, "muon": True}]),
+        "Muon orthogonalizes matrices (2-D)",
+    ),
+    (
         "`SAM(params, rule='sam-readout')` on plain params",
         lambda p: mup2.SAM(p, lr=0.1, rule="sam-readout"),
         "rule 'sam-readout' perturbs tensors by their role",
+    ),
+    ("`SAM(every=0)`", lambda p: mup2.SAM(p, lr=0.1, every=0), "every must be >= 1"),
+    (
+        "`SAM(between='lookahead')`",
+        lambda p: mup2.SAM(p, lr=0.1, between="lookahead"),
+        "between must be one of ['sgd', 'looksam'], not 'lookahead'",
+    ),
+    (
+        "`LatePhase(opt, 100, fraction=1.5)`",
+        lambda p: LatePhase(mup2.SAM(p, lr=0.1), 100, 1.5),
+        "fraction must be in (0, 1], got 1.5",
     ),
 ]
 
@@ -642,6 +695,12 @@ ARGUMENTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "param group 0: rho must be a number, got the string '0.1'",
     ),
     (
+        "`SAM(every=2.0)`",
+        lambda: mup2.SAM(_params(), lr=0.1, every=2.0),  # type: ignore[arg-type]
+        TypeError,
+        "every must be an integer, got 2.0 (float)",
+    ),
+    (
         "`SAM(model)` (the model for its parameters)",
         lambda: mup2.SAM(mlp(16), lr=0.1),  # type: ignore[arg-type]
         TypeError,
@@ -677,6 +736,30 @@ ARGUMENTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "betas must be numbers, got ('0.9', '0.999') (tuple), holding the string '0.9'",
     ),
     (
+        "`SAM(params, rule='msam')` (a one-pass rule)",
+        lambda: mup2.SAM(_params(), lr=0.1, rule="msam"),
+        ValueError,
+        "param group 0: rule 'msam' is one-pass: use mup2.MSAM(params, ...)",
+    ),
+    (
+        "`MSAM(params, torch.optim.SGD, momentum=0)`",
+        lambda: mup2.MSAM(_params(), torch.optim.SGD, lr=0.1),
+        ValueError,
+        "param group 0: MSAM perturbs along SGD's momentum, and this group has momentum=0",
+    ),
+    (
+        "`MSAM(params, torch.optim.Adagrad)`",
+        lambda: mup2.MSAM(_params(), torch.optim.Adagrad, lr=0.1),
+        ValueError,
+        "MSAM perturbs along the base optimizer's momentum, and Adagrad keeps none",
+    ),
+    (
+        "`RWP(seed='0')`",
+        lambda: mup2.RWP(_params(), lr=0.1, seed="0"),  # type: ignore[arg-type]
+        TypeError,
+        "seed must be an integer, got the string '0'",
+    ),
+    (
         "`AdaGradNorm(lr='0.1')`",
         lambda: mup2.AdaGradNorm(_params(), lr="0.1"),  # type: ignore[arg-type]
         TypeError,
@@ -700,7 +783,8 @@ ARGUMENTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "`Parametrization.infer(model, base, 3)`",
         lambda: mup2.Parametrization.infer(mlp(64), mlp(16), 3),  # type: ignore[arg-type]
         TypeError,
-        "scheme must be a scheme name (sp, mup-sgd, mup-adam or mup) or a Scheme, got 3 (int)",
+        "scheme must be a scheme name (sp, mup-sgd, mup-adam, mup-muon or mup) or a Scheme, "
+        "got 3 (int)",
     ),
     (
         "an override role `'bogus'`",

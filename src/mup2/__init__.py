@@ -2,12 +2,16 @@
 
 Two packages hold the paper's two ideas: :mod:`mup2.parametrization` (roles, schemes, init,
 param groups) and :mod:`mup2.optim` (the SAM rules and their perturbation scalings, SAM,
-LightSAM, AdaGrad-Norm, the pass contexts). Their public names are re-exported here.
+LightSAM, the one-pass MSAM and RWP, AdaGrad-Norm, the pass contexts). Their public names are
+re-exported here.
 """
 
 from mup2.optim import (
     LIGHTSAM_RULES,
+    MSAM,
+    ONEPASS_RULES,
     RULES,
+    RWP,
     SAM,
     SCALINGS,
     AdaGradNorm,
@@ -39,9 +43,12 @@ from mup2.roles import Power, Role
 
 __all__ = [
     "LIGHTSAM_RULES",
+    "MSAM",
     "MUP_ADAM",
     "MUP_SGD",
+    "ONEPASS_RULES",
     "RULES",
+    "RWP",
     "SAM",
     "SCALINGS",
     "SCHEMES",

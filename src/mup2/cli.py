@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 
 from mup2.errors import USER_ERROR, UserError, describe_os_error
 from mup2.optim.families import adam_like
-from mup2.optim.rules import LIGHTSAM_RULES, RULES, SCALINGS, get_rule
+from mup2.optim.rules import LIGHTSAM_RULES, ONEPASS_RULES, RULES, SCALINGS, get_rule
 from mup2.parametrization.schemes import SCHEMES
 
 __all__ = ["app", "main"]
@@ -198,8 +198,13 @@ def coordcheck(
         str, typer.Option(parser=_choice("sp", "mup"), help="sp or mup (μP for SGD)")
     ] = "mup",
     rule: Annotated[
-        str, typer.Option(parser=_choice(*RULES, *LIGHTSAM_RULES), help="the rule")
-    ] = "sam",
+        list[str] | None,
+        typer.Option(
+            parser=_choice(*RULES, *LIGHTSAM_RULES, *ONEPASS_RULES),
+            help="the rule; repeatable (default: sam; with --table, the rules of Table 1 and "
+            "LightSAM's)",
+        ),
+    ] = None,
     scaling: Annotated[
         list[str] | None,
         typer.Option(
@@ -216,6 +221,12 @@ def coordcheck(
         ),
     ] = 1e-3,
     eta: Annotated[float, typer.Option(parser=_NONNEGATIVE, help="ASAM offset")] = 0.01,
+    momentum: Annotated[
+        float | None,
+        typer.Option(
+            parser=_FRACTION, help="SGD momentum (default: 0.9 for msam, which needs it, else 0)"
+        ),
+    ] = None,
     steps: Annotated[
         int, typer.Option(min=1, help="SAM steps; slopes are reported at the last")
     ] = 3,
@@ -254,13 +265,17 @@ def coordcheck(
     except ValueError:
         raise UserError(f"--widths must be comma-separated integers, got {widths!r}") from None
     scalings = list(scaling or TABLE1_SCALINGS)
-    rules = [*TABLE1_RULES, *LIGHTSAM_RULES] if table else [rule]
+    rules = list(rule or ([*TABLE1_RULES, *LIGHTSAM_RULES] if table else ["sam"]))
     norm_only = [r for r in rules if get_rule(r).norm_only]
     norm_ = norm or ("layer" if norm_only else "none")
     if norm_only and norm_ == "none":
         raise UserError(
             f"rule {norm_only[0]!r} perturbs only normalization layers: use --norm layer"
         )
+
+    def moment(r: str) -> bool:  # MSAM: SGD needs momentum
+        return get_rule(r).reads_momentum
+
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, in_features, generator=gen)
     y = torch.randint(0, 10, (batch_size,), generator=gen)
@@ -268,9 +283,10 @@ def coordcheck(
     try:
         results = [
             res
-            for rule_set, rate in (
-                ([r for r in rules if not adam_like(r)], lr),
-                ([r for r in rules if adam_like(r)], adaptive_lr),
+            for rule_set, rate, mom in (
+                ([r for r in rules if not adam_like(r) and not moment(r)], lr, momentum or 0.0),
+                ([r for r in rules if moment(r)], lr, 0.9 if momentum is None else momentum),
+                ([r for r in rules if adam_like(r)], adaptive_lr, momentum or 0.0),
             )
             if rule_set
             for res in table1(
@@ -286,6 +302,7 @@ def coordcheck(
                 eta=eta,
                 steps=steps,
                 seeds=range(seeds),
+                base_kwargs={"momentum": mom} if mom else None,
             )
         ]
     except ValueError as exc:  # the check's own validation: widths, rule and scaling

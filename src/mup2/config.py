@@ -34,6 +34,7 @@ from mup2.errors import UserError
 from mup2.losses import Loss
 from mup2.models.registry import base_width as _default_base_width
 from mup2.optim.families import FAMILIES, get_family
+from mup2.optim.rho_schedule import parse_rho_schedule
 from mup2.optim.rules import get_rule
 from mup2.precision import Precision
 
@@ -48,6 +49,7 @@ __all__ = [
     "IDXData",
     "MLPConfig",
     "ModelConfig",
+    "MuonConfig",
     "OptimizerConfig",
     "ResNetConfig",
     "SAMConfig",
@@ -241,8 +243,20 @@ class AdagradConfig(_OptBase):
     eps0: PositiveFloat = 1e-8
 
 
+class MuonConfig(_OptBase):
+    """:class:`mup2.optim.MuonAdamW`: Muon (``momentum``, ``nesterov``) on the hidden matrices,
+    AdamW (``betas``, ``eps``) elsewhere, one ``lr`` (use ``scheme = "mup-muon"``)."""
+
+    name: Literal["muon"]
+    momentum: _Unit = 0.95
+    nesterov: bool = True
+    betas: tuple[_Unit, _Unit] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+
+
 OptimizerConfig = Annotated[
-    SGDConfig | AdamWConfig | AdaGradNormConfig | AdagradConfig, Field(discriminator="name")
+    SGDConfig | AdamWConfig | AdaGradNormConfig | AdagradConfig | MuonConfig,
+    Field(discriminator="name"),
 ]
 
 
@@ -252,14 +266,43 @@ class SAMConfig(Section):
     ``rule = "lightsam"``: :class:`mup2.LightSAM` with the optimizer's adaptive step size in the
     ascent too (``adamw``: Adam, ``adagrad``, ``adagrad-norm``); ``bias_correction`` and
     ``ascent_beta1`` are its Adam-ascent options. ``rule = "sam-readout"``: SAM on the readout
-    alone (its weight and bias), the control of the mechanism (``docs/sam.md``)."""
+    alone (its weight and bias), the control of the mechanism (``docs/sam.md``). The one-pass
+    rules cost one forward/backward per step: ``"msam"`` (:class:`mup2.MSAM`, along minus the
+    momentum of ``sgd`` with ``momentum > 0`` or ``adamw``; its ``rho`` is larger than SAM's,
+    about 0.3) and ``"rwp"`` (:class:`mup2.RWP`, Gaussian noise of std ``rho`` at base width,
+    seeded from the run's seed); a ``schedule`` applies to them too, ``every`` does not.
+
+    Cheaper SAM (``docs/sam.md``, "Cheap SAM"): ``schedule = "late:F"`` runs the base optimizer
+    alone (``rho = 0``, one pass) for the first ``1 - F`` of the steps and SAM for the last
+    ``F`` (:class:`mup2.optim.LatePhase`); ``every = k`` takes SAM's second pass on every
+    ``k``-th step only, and ``between`` says what the steps in between do: ``"sgd"``, the base
+    step on the plain gradient, or ``"looksam"``, LookSAM's reuse of the orthogonal component
+    with ``alpha`` (and ``layerwise``: per tensor)."""
 
     rho: NonNegativeFloat = 0.0
-    rule: Literal["sam", "asam", "asam-layerwise", "sam-on", "sam-readout", "lightsam"] = "sam"
+    rule: Literal[
+        "sam", "asam", "asam-layerwise", "sam-on", "sam-readout", "lightsam", "msam", "rwp"
+    ] = "sam"
     scaling: Literal["naive", "global", "mup2", "mup2-coupled"] = "mup2"
     eta: NonNegativeFloat = 0.01
     bias_correction: bool = True
     ascent_beta1: _Unit = 0.0
+    schedule: str = "constant"
+    every: PositiveInt = 1
+    between: Literal["sgd", "looksam"] = "sgd"
+    alpha: NonNegativeFloat = 0.7
+    layerwise: bool = False
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_rho_schedule(value)
+        return value
+
+    @property
+    def late_fraction(self) -> float | None:
+        """``F`` of ``schedule = "late:F"``; ``None`` for ``"constant"``."""
+        return parse_rho_schedule(self.schedule)
 
     def sam_rule(self, optimizer: str) -> str:
         """The name of the rule (:mod:`mup2.optim.rules`) run with base ``optimizer``:
@@ -281,6 +324,24 @@ class SAMConfig(Section):
             get_rule(self.sam_rule("adamw")).scaling(self.scaling)
         except ValueError as exc:
             raise ValueError(f"sam.scaling: {exc}") from None
+        if self.between == "looksam" and self.every == 1:
+            raise ValueError(
+                "sam.between: 'looksam' reuses a SAM step's gradient on the steps between SAM "
+                "steps, and with every = 1 there are none; set sam.every to k >= 2"
+            )
+        if self.between != "looksam":
+            for key, default in (("alpha", 0.7), ("layerwise", False)):
+                if getattr(self, key) != default:
+                    raise ValueError(
+                        f"sam.{key}: LookSAM's, set only with sam.between = 'looksam' "
+                        f"(between is {self.between!r})"
+                    )
+        rule = get_rule(self.sam_rule("adamw"))
+        if rule.one_pass and self.every != 1:
+            raise ValueError(
+                f"sam.every: {rule.name!r} is one-pass (it perturbs in the step's only pass), "
+                "and every = k skips SAM's second pass, which it does not take; set every = 1"
+            )
         return self
 
 
@@ -326,7 +387,7 @@ class TrainConfig(Section):
     model: ModelConfig
     data: DataConfig
     optimizer: OptimizerConfig
-    scheme: Literal["sp", "mup-sgd", "mup-adam"] = "mup-sgd"
+    scheme: Literal["sp", "mup-sgd", "mup-adam", "mup-muon"] = "mup-sgd"
     sam: SAMConfig = Field(default_factory=SAMConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     loss: Loss = "cross-entropy"
@@ -360,11 +421,24 @@ class TrainConfig(Section):
                 f"{opt!r}; use {want!r}"
             )
         rule = get_rule(self.sam.sam_rule(opt))
+        if rule.reads_momentum and (
+            get_family(opt).name not in ("sgd", "adamw")
+            or getattr(self.optimizer, "momentum", 1.0) == 0.0
+        ):
+            raise ValueError(
+                f"sam.rule: {rule.name!r} perturbs along the optimizer's momentum: use "
+                "optimizer.name 'sgd' with momentum > 0, or 'adamw'"
+            )
         mlp = self.model if isinstance(self.model, MLPConfig) else None
         if rule.norm_only and mlp is not None and mlp.norm == "none":
             raise ValueError(
                 f"sam.rule: {rule.name!r} perturbs only normalization layers and the MLP has "
                 "none; set model.norm to 'layer' or 'batch'"
+            )
+        if self.sam.between == "looksam" and self.precision == "fp16":
+            raise ValueError(
+                "sam.between: LookSAM keeps a gradient across steps and takes no gradient "
+                "scaler; use precision = 'bf16' or 'fp32'"
             )
         n = self.data.train_size
         if n is not None and self.batch_size > n:
@@ -410,6 +484,7 @@ _UNIONS: dict[str, dict[str, type[BaseModel]]] = {
         "adamw": AdamWConfig,
         "adagrad-norm": AdaGradNormConfig,
         "adagrad": AdagradConfig,
+        "muon": MuonConfig,
     },
 }
 _SECTIONS: dict[str, type[BaseModel]] = {"sam": SAMConfig, "schedule": ScheduleConfig}

@@ -6,7 +6,7 @@ is the plain base optimizer) and trains for ``epochs``, evaluating on the test s
 epoch. It keeps no global state: torch's global RNG is forked for the run and restored after.
 
 With a run directory it writes ``config.json``, ``metrics.jsonl`` (one JSON object per epoch),
-``checkpoint.pt`` after every epoch (model, optimizer with SAM and base state, scheduler, RNG
+``checkpoint.pt`` after every epoch (model, optimizer with SAM and base state, schedulers, RNG
 states, epoch, metrics) and ``result.json``; calling :func:`train` again on the same directory
 resumes after the last completed epoch and gives bitwise the result of an uninterrupted run (on
 CPU; CUDA kernels may be nondeterministic). A non-finite training loss (or test loss) stops the
@@ -35,6 +35,7 @@ from mup2.config import (
     DataConfig,
     FashionMNISTData,
     IDXData,
+    SAMConfig,
     ScheduleConfig,
     SyntheticData,
     TrainConfig,
@@ -53,8 +54,10 @@ from mup2.data import (
 from mup2.errors import UserError, check_instance
 from mup2.losses import mean_loss, sum_loss
 from mup2.models.registry import build_model
-from mup2.optim.families import get_family
+from mup2.optim.families import family_of_variant, get_family
 from mup2.optim.lightsam import LightSAM, Variant
+from mup2.optim.onepass import RWP, onepass_optimizer
+from mup2.optim.rho_schedule import LatePhase, RhoScheduler
 from mup2.optim.rules import get_rule
 from mup2.optim.sam import SAM
 from mup2.parametrization.parametrize import Parametrization
@@ -70,6 +73,7 @@ __all__ = [
     "EpochMetrics",
     "ResumeError",
     "RunResult",
+    "build_rho_scheduler",
     "build_scheduler",
     "load_data",
     "make_model",
@@ -99,7 +103,14 @@ _CHECKPOINT_KEYS = (
 _RESUME_FREE = frozenset({"epochs", "device", "progress", "checkpoint"})
 #: Keys added to the config since checkpoints were first written, with the value a checkpoint
 #: that lacks one was trained with.
-_ADDED_KEYS: dict[str, Any] = {"loss": "cross-entropy"}
+_ADDED_KEYS: dict[str, Any] = {
+    "loss": "cross-entropy",
+    "sam.schedule": "constant",
+    "sam.every": 1,
+    "sam.between": "sgd",
+    "sam.alpha": 0.7,
+    "sam.layerwise": False,
+}
 
 
 class ResumeError(UserError, ValueError):
@@ -258,14 +269,19 @@ def train_loader(
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, p: Parametrization) -> SAM:
-    """:class:`mup2.SAM` (or :class:`mup2.LightSAM` for ``sam.rule = "lightsam"``) over the μP
-    param groups of ``model``."""
+    """:class:`mup2.SAM` (or :class:`mup2.LightSAM` for ``sam.rule = "lightsam"``, the one-pass
+    :class:`mup2.MSAM`/:class:`mup2.RWP` for ``"msam"``/``"rwp"``, RWP's noise seeded by
+    ``derive_seed(seed, 3)``) over the μP param groups of ``model``."""
     o, s = config.optimizer, config.sam
     groups = p.param_groups(model, lr=o.lr, weight_decay=o.weight_decay)
+    cheap: dict[str, Any] = {"every": s.every, "between": s.between, "alpha": s.alpha}
+    cheap["layerwise"] = s.layerwise
     family = get_family(o.name)
     kw = {k: getattr(o, k) for k in family.keywords}
     rule = get_rule(s.sam_rule(o.name))
     if rule.lightsam is not None:
+        if family_of_variant(rule.lightsam) is not family:  # Muon: the variant's ascent only
+            kw["base_optimizer"] = family.optimizer
         return LightSAM(
             groups,
             cast(Variant, rule.lightsam),
@@ -275,7 +291,20 @@ def make_optimizer(config: TrainConfig, model: nn.Module, p: Parametrization) ->
             bias_correction=s.bias_correction,
             ascent_beta1=s.ascent_beta1,
             model=model,
+            **cheap,
             **kw,
+        )
+    if rule.one_pass:
+        cls = onepass_optimizer(rule)
+        extra: dict[str, Any] = {"seed": derive_seed(config.seed, 3)} if cls is RWP else {}
+        return cls(
+            groups,
+            family.optimizer,
+            rho=s.rho,
+            scaling=s.scaling,
+            model=model,
+            **extra,
+            **family.kwargs(lr=o.lr, weight_decay=o.weight_decay, **kw),
         )
     return SAM(
         groups,
@@ -285,8 +314,18 @@ def make_optimizer(config: TrainConfig, model: nn.Module, p: Parametrization) ->
         scaling=s.scaling,
         eta=s.eta,
         model=model,
+        **cheap,
         **family.kwargs(lr=o.lr, weight_decay=o.weight_decay, **kw),
     )
+
+
+def build_rho_scheduler(optimizer: SAM, cfg: SAMConfig, total_steps: int) -> RhoScheduler | None:
+    """The ρ schedule of ``sam.schedule``, stepped once per optimizer step: ``None`` for
+    ``constant``, :class:`mup2.optim.LatePhase` over ``total_steps`` for ``late:F``."""
+    fraction = cfg.late_fraction
+    if fraction is None:
+        return None
+    return LatePhase(optimizer, total_steps, fraction)
 
 
 def build_scheduler(
@@ -377,6 +416,8 @@ class _Run:
         self.sched = build_scheduler(
             self.opt, config.schedule, config.epochs, len(self.train_loader), config.optimizer.lr
         )
+        steps = config.epochs * len(self.train_loader)
+        self.rho_sched = build_rho_scheduler(self.opt, config.sam, steps)
         self.scaler = grad_scaler(config.precision, device)
         self.metrics: list[EpochMetrics] = []
         self.seconds = 0.0
@@ -451,6 +492,8 @@ class _Run:
             if scaler is not None:
                 scaler.update()
             self.sched.step()
+            if self.rho_sched is not None:
+                self.rho_sched.step()
             value = float(loss) if loss is not None else math.nan
             if not math.isfinite(value):
                 batches.close()
@@ -509,6 +552,7 @@ class _Run:
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
+            "rho_scheduler": self.rho_sched.state_dict() if self.rho_sched is not None else None,
             "rng": _rng_state(self.device),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
@@ -526,6 +570,8 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
+        if self.rho_sched is not None and state.get("rho_scheduler"):
+            self.rho_sched.load_state_dict(state["rho_scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], self.device)
@@ -565,6 +611,11 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, done: int, run_dir
     if saved["epochs"] != cfg.epochs and cfg.schedule.name == "cosine":
         raise ResumeError(
             f"epochs: the cosine schedule of the checkpoint in {run_dir} spans "
+            f"{saved['epochs']} epochs; resume with epochs = {saved['epochs']}"
+        )
+    if saved["epochs"] != cfg.epochs and cfg.sam.schedule != "constant":
+        raise ResumeError(
+            f"epochs: the ρ schedule {cfg.sam.schedule!r} of the checkpoint in {run_dir} spans "
             f"{saved['epochs']} epochs; resume with epochs = {saved['epochs']}"
         )
     if done > cfg.epochs:

@@ -49,7 +49,7 @@ def _parametrization(model: nn.Module) -> mup2.Parametrization:
 SAM_KW: dict[str, Any] = {"base_optimizer": torch.optim.SGD, "rho": 0.1, "momentum": 0.9}
 
 
-def _trainer(out: Path, steps: int) -> tuple[SAMTrainer, nn.Module]:
+def _trainer(out: Path, steps: int, cheap: dict[str, Any]) -> tuple[SAMTrainer, nn.Module]:
     model = Tiny()
     args = transformers.TrainingArguments(
         output_dir=str(out),
@@ -74,14 +74,14 @@ def _trainer(out: Path, steps: int) -> tuple[SAMTrainer, nn.Module]:
         args=args,
         train_dataset=_data(),
         parametrization=_parametrization(model),
-        sam_kwargs=SAM_KW,
+        sam_kwargs=SAM_KW | cheap,
     )
     return trainer, model
 
 
-def _by_hand() -> list[Tensor]:
+def _by_hand(cheap: dict[str, Any]) -> list[Tensor]:
     model = Tiny()
-    opt = mup2.SAM(_parametrization(model).param_groups(model, lr=0.05), **SAM_KW)
+    opt = mup2.SAM(_parametrization(model).param_groups(model, lr=0.05), **SAM_KW, **cheap)
     data = _data()
     for step in range(STEPS):
         rows = data[step * BATCH * ACCUM : (step + 1) * BATCH * ACCUM]
@@ -95,14 +95,22 @@ def _by_hand() -> list[Tensor]:
     return [q.detach() for q in model.parameters()]
 
 
-def test_sam_trainer_matches_accumulated_sam_and_resumes(tmp_path: Path) -> None:
-    trainer, model = _trainer(tmp_path / "a", STEPS)
+#: SAM on every step; SAM every 3rd step with LookSAM's steps between (the checkpoint after step
+#: 2 is mid-cycle: the Trainer takes one pass on the steps between).
+CHEAP = [{}, {"every": 3, "between": "looksam"}]
+
+
+@pytest.mark.parametrize("cheap", CHEAP, ids=["sam", "looksam"])
+def test_sam_trainer_matches_accumulated_sam_and_resumes(
+    cheap: dict[str, Any], tmp_path: Path
+) -> None:
+    trainer, model = _trainer(tmp_path / "a", STEPS, cheap)
     trainer.train()
     assert isinstance(trainer.sam, mup2.SAM)
     full = [q.detach().clone() for q in model.parameters()]
-    for a, b in zip(full, _by_hand()):
+    for a, b in zip(full, _by_hand(cheap)):
         assert torch.allclose(a, b, rtol=0, atol=1e-6), float((a - b).abs().max())
-    resumed, model2 = _trainer(tmp_path / "a", STEPS)
+    resumed, model2 = _trainer(tmp_path / "a", STEPS, cheap)
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     for a, b in zip(full, model2.parameters()):
         assert torch.equal(a, b.detach())

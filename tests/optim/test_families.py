@@ -13,6 +13,7 @@ import torch
 from mup2.config import ConfigError, OptimizerConfig, parse_config
 from mup2.optim.adagrad_norm import AdaGradNorm
 from mup2.optim.families import FAMILIES, Family, adam_like, family_of_variant, get_family
+from mup2.optim.muon import MuonAdamW
 from mup2.optim.rules import LIGHTSAM_RULES, RULES, get_rule
 from mup2.sweep.config import PARAMETRIZATIONS, parse_sweep_config
 from mup2.sweep.grid import GridPoint, scheme_of, trial_config
@@ -23,6 +24,7 @@ EXPECTED: dict[str, tuple[type[torch.optim.Optimizer], str, str, str | None]] = 
     "adamw": (torch.optim.AdamW, "adam", "mup-adam", "adam"),
     "adagrad": (torch.optim.Adagrad, "adam", "mup-adam", "adagrad"),
     "adagrad-norm": (AdaGradNorm, "sgd", "mup-sgd", "adagrad-norm"),
+    "muon": (MuonAdamW, "muon", "mup-muon", "adam"),
 }
 
 
@@ -36,13 +38,15 @@ def test_registry() -> None:
     assert get_family("adamw").keywords == ("betas", "eps")
     assert get_family("adagrad").keywords == ("eps0",)
     assert get_family("adagrad-norm").keywords == ("eps0",)
+    assert get_family("muon").keywords == ("momentum", "nesterov", "betas", "eps")
 
 
 def test_unknown_family_lists_the_choices() -> None:
     with pytest.raises(ValueError) as err:
         get_family("lion")
     assert str(err.value) == (
-        "unknown optimizer 'lion'; choose one of ['sgd', 'adamw', 'adagrad', 'adagrad-norm']"
+        "unknown optimizer 'lion'; choose one of ['sgd', 'adamw', 'adagrad', 'adagrad-norm', "
+        "'muon']"
     )
 
 
@@ -86,6 +90,7 @@ def test_every_family_builds_its_optimizer_from_its_kwargs() -> None:
         "adamw": {"betas": (0.9, 0.98), "eps": 1e-6},
         "adagrad": {"eps0": 1e-4},
         "adagrad-norm": {"eps0": 1e-4},
+        "muon": {"momentum": 0.9, "nesterov": False, "betas": (0.9, 0.98), "eps": 1e-6},
     }
     for name, f in FAMILIES.items():
         assert set(config[name]) == set(f.keywords)
@@ -170,12 +175,12 @@ def test_train_config_lightsam_rule_is_the_family_variant(optimizer: str) -> Non
             parse_config(cfg)
         assert str(err.value) == (
             f"invalid config:\n  sam.rule: 'lightsam' needs an adaptive optimizer, not "
-            f"{optimizer!r}: set optimizer.name to 'adamw', 'adagrad', 'adagrad-norm'"
+            f"{optimizer!r}: set optimizer.name to 'adamw', 'adagrad', 'adagrad-norm', 'muon'"
         )
         return
     parsed = parse_config(cfg)
     assert parsed.sam.sam_rule(optimizer) == f"lightsam-{f.lightsam}"
-    assert adam_like(parsed.sam.sam_rule(optimizer)) is (f.like == "adam")
+    assert adam_like(parsed.sam.sam_rule(optimizer)) is (f.like in ("adam", "muon"))
 
 
 @pytest.mark.parametrize("optimizer", list(FAMILIES))

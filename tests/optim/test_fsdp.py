@@ -18,7 +18,9 @@ from harness import Batch, join_gloo, leave_gloo, rank0_results, sam_step, tanh_
 
 WORLD, STEPS, SAVE_AT, MICRO = 2, 4, 2, 8
 #: ``-accum``: each rank accumulates two micro-batches of 4 (gradient sync on the last only);
-#: ``-mp``: a mixed-precision policy computes in float32 (sharded parameters stay float64).
+#: ``-mp``: a mixed-precision policy computes in float32 (sharded parameters stay float64);
+#: ``-every``/``-looksam``: SAM on every 3rd step (plain or LookSAM steps between), so the
+#: checkpoint after step 2 is mid-cycle.
 CONFIGS = [
     "sam-naive",
     "sam-mup2",
@@ -27,6 +29,8 @@ CONFIGS = [
     "lightsam-adam",
     "lightsam-adagrad",
     "lightsam-adagrad-norm",
+    "sam-mup2-looksam",
+    "lightsam-adam-every",
 ]
 #: The float64 single-process reference against float32 compute under ``-mp``.
 MP_ATOL = 1e-6
@@ -40,6 +44,10 @@ def _batch(step: int) -> Batch:
 
 def _build(name: str, model: nn.Module, shard: Callable[[nn.Module], None]) -> mup2.SAM:
     """The optimizer of config ``name`` over ``model`` (μP groups from width 16 against 8)."""
+    cheap: dict[str, Any] = {}
+    if name.endswith(("-every", "-looksam")):
+        cheap = {"every": 3, "between": "looksam" if name.endswith("-looksam") else "sgd"}
+        name = name.rsplit("-", 1)[0]
     sgd_like = name.startswith("sam") or name.endswith("adagrad-norm")
     scheme = "mup-sgd" if sgd_like else "mup-adam"
     with torch.device("meta"):
@@ -57,9 +65,10 @@ def _build(name: str, model: nn.Module, shard: Callable[[nn.Module], None]) -> m
             momentum=0.9,
             model=model,
             restore="swap",
+            **cheap,
         )
     variant: Any = name.split("-", 1)[1]
-    return mup2.LightSAM(groups, variant, lr=0.02, rho=0.01, model=model)
+    return mup2.LightSAM(groups, variant, lr=0.02, rho=0.01, model=model, **cheap)
 
 
 def _steps(

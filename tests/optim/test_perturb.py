@@ -14,7 +14,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from mup2.optim.perturb import by_device_and_dtype, norms, perturbation_direction, safe_divide
+from mup2.optim.perturb import (
+    by_device_and_dtype,
+    gaussian,
+    norms,
+    perturbation_direction,
+    safe_divide,
+)
 from mup2.optim.rules import Factor
 
 SHAPES = [(4, 3), (5,), (2, 3, 2), (6, 1)]
@@ -156,9 +162,37 @@ def test_adaptive_factor_has_no_closed_form() -> None:
     rho = torch.ones(4, dtype=torch.float64)
     with pytest.raises(ValueError) as err:
         perturbation_direction([Factor.ADAPTIVE] * 4, params, grads, rho, rho, ETA)
-    assert str(err.value) == "factor 'adaptive' has no closed-form ascent (LightSAM computes it)"
+    assert str(err.value) == (
+        "factor 'adaptive' has no closed-form ascent (LightSAM computes it; RWP draws its noise "
+        "with gaussian())"
+    )
     with pytest.raises(ValueError, match=r"^factor 'adaptive' has no closed-form ascent"):
         perturbation_direction([Factor.ONE, Factor.ADAPTIVE] * 2, params, grads, rho, rho, ETA)
+    with pytest.raises(ValueError, match=r"^factor 'noise' has no closed-form ascent"):
+        perturbation_direction([Factor.NOISE] * 4, params, grads, rho, rho, ETA)
+
+
+def test_momentum_factor_is_the_one_factor_turned_around() -> None:
+    """MSAM: the formula with A = 1 on the momentum, the scale negated (ascent along -m)."""
+    params, grads = _tensors(torch.float64)
+    rho2c = torch.tensor([0.01, 0.02, 0.01, 0.04], dtype=torch.float64)
+    rho2s = torch.tensor([0.01, 0.01, 0.03, 0.04], dtype=torch.float64)
+    d1, k1 = perturbation_direction([Factor.ONE] * 4, params, grads, rho2c, rho2s, ETA)
+    dm, km = perturbation_direction([Factor.MOMENTUM] * 4, params, grads, rho2c, rho2s, ETA)
+    assert all(a is b for a, b in zip(d1, dm, strict=True)) and torch.equal(km, -k1)
+    _, kmix = perturbation_direction(
+        [Factor.MOMENTUM, Factor.ONE] * 2, params, grads, rho2c, rho2s, ETA
+    )
+    assert torch.allclose(kmix, k1 * torch.tensor([-1.0, 1.0, -1.0, 1.0]), rtol=1e-15, atol=0)
+
+
+def test_gaussian_draws_in_order_from_each_device_generator() -> None:
+    tensors = [torch.zeros(3, 2), torch.zeros(4, dtype=torch.float64)]
+    gen = {torch.device("cpu"): torch.Generator().manual_seed(3)}
+    xi = gaussian(tensors, gen)
+    ref = torch.Generator().manual_seed(3)
+    assert torch.equal(xi[0], torch.randn(3, 2, generator=ref))
+    assert torch.equal(xi[1], torch.randn(4, generator=ref, dtype=torch.float64))
 
 
 # -- norms, grouping, safe division -----------------------------------------------------------

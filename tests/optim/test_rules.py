@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from mup2.optim.rules import LIGHTSAM_RULES, READOUT_ROLES, RULES, SCALINGS, Factor, get_rule
+from mup2.optim.rules import (
+    LIGHTSAM_RULES,
+    ONEPASS_RULES,
+    READOUT_ROLES,
+    RULES,
+    SCALINGS,
+    Factor,
+    get_rule,
+)
 from mup2.roles import Role
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "mup2"
@@ -109,7 +117,7 @@ def test_the_readout_rule_perturbs_output_and_scalar_like_tensors_alone() -> Non
         readout.scaling("mup2-coupled")
 
 
-_NAMES = "|".join(re.escape(n) for n in (*RULES, *LIGHTSAM_RULES, "lightsam"))
+_NAMES = "|".join(re.escape(n) for n in (*RULES, *LIGHTSAM_RULES, *ONEPASS_RULES, "lightsam"))
 _COMPARISON = re.compile(
     rf"""(==|!=|\bin\b|\bnot in\b)\s*\(?\s*["']({_NAMES})["']|["']({_NAMES})["']\s*(==|!=|\bin\b)"""
 )

@@ -5,6 +5,7 @@ of ``docs/parametrization.md``::
     sp        PyTorch's default             1
     mup-sgd   1, m_in^-1/2, 1/m_in          m_out/m_in
     mup-adam  1, m_in^-1/2, 1/m_in          1/m_in
+    mup-muon  1, m_in^-1/2, 1/m_in          hidden (Muon) m_in^-1/2, others (AdamW) 1/m_in
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from mup2.parametrization.schemes import (
     MUP_ADAM,
+    MUP_MUON,
     MUP_SGD,
     SCHEMES,
     SP,
@@ -43,11 +45,21 @@ LR: dict[str, Mult] = {
     "mup-sgd": lambda m_in, m_out: m_out / m_in,
     "mup-adam": lambda m_in, m_out: 1.0 / m_in,
 }
+# Muon's hidden matrices under adjust_lr_fn="match_rms_adamw": ||dW||_2 = 0.2 lr sqrt(max fan)
+# must stay Θ(1) when both fans grow by m, so lr x m^-1/2; the AdamW tensors as mup-adam
+MUON_LR: dict[Role, Mult] = {
+    Role.INPUT: lambda m_in, m_out: 1.0 / m_in,
+    Role.HIDDEN: lambda m_in, m_out: 1.0 / math.sqrt(m_in),
+    Role.OUTPUT: lambda m_in, m_out: 1.0 / m_in,
+    Role.SCALAR: lambda m_in, m_out: 1.0 / m_in,
+}
 
 
 def test_registry() -> None:
-    assert list(SCHEMES) == ["sp", "mup-sgd", "mup-adam"]
+    assert list(SCHEMES) == ["sp", "mup-sgd", "mup-adam", "mup-muon"]
     assert SCHEMES["sp"] is SP and SCHEMES["mup-sgd"] is MUP_SGD and SCHEMES["mup-adam"] is MUP_ADAM
+    assert SCHEMES["mup-muon"] is MUP_MUON
+    assert [s.like for s in SCHEMES.values()] == [None, "sgd", "adam", "muon"]
     for scheme in SCHEMES.values():
         assert set(scheme.roles) == set(Role)
         assert all(isinstance(rule, RoleRule) for rule in scheme.roles.values())
@@ -80,6 +92,14 @@ def test_every_scheme_is_the_base_model_at_base_width(scheme: Scheme) -> None:
     for role in Role:
         assert scheme.lr_mult(role, 1.0, 1.0) == 1.0
         assert scheme.init_mult(role, 1.0, 1.0) in (None, 1.0)
+
+
+@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize(("m_in", "m_out"), FANS)
+def test_mup_muon_multipliers(role: Role, m_in: float, m_out: float) -> None:
+    assert MUP_MUON.init_mult(role, m_in, m_out) == pytest.approx(MUP_INIT[role](m_in, m_out))
+    assert MUP_MUON.lr_mult(role, m_in, m_out) == pytest.approx(MUON_LR[role](m_in, m_out))
+    assert MUP_MUON.tied_readout == MUP_ADAM.tied_readout and MUP_MUON.attention == 1.0
 
 
 def test_mup_at_width_multiplier_m() -> None:
@@ -120,7 +140,7 @@ def test_unknown_scheme_lists_the_choices(name: str) -> None:
     with pytest.raises(ValueError) as err:
         get_scheme(name)
     assert str(err.value) == (
-        f"unknown scheme {name!r}; choose one of ['mup-adam', 'mup-sgd', 'sp'] or 'mup'"
+        f"unknown scheme {name!r}; choose one of ['mup-adam', 'mup-muon', 'mup-sgd', 'sp'] or 'mup'"
     )
 
 

@@ -84,6 +84,17 @@ def check_batchable(configs: Sequence[TrainConfig]) -> None:
         rule = get_rule(c.sam.sam_rule(c.optimizer.name))
         if rule.lightsam is not None:
             raise BatchError(f"sam.rule: batched training has no LightSAM ({rule.name!r})")
+        if rule.one_pass:
+            raise BatchError(
+                f"sam.rule: batched training has no one-pass rule ({rule.name!r}); use batch = 1"
+            )
+    sam = first.sam
+    if sam.schedule != "constant" or sam.every != 1:
+        raise BatchError(
+            f"sam: batched training runs SAM on every step with a constant rho, not "
+            f"schedule = {sam.schedule!r}, every = {sam.every} (between = {sam.between!r}); "
+            "use batch = 1"
+        )
     if first.precision == "fp16":
         raise BatchError("precision: fp16 needs a gradient scaler per run; use bf16 or fp32")
     if first.data.crop_padding or first.data.hflip:

@@ -60,6 +60,7 @@ from mup2.errors import (
 from mup2.optim.contexts import frozen_bn_stats
 from mup2.optim.families import family_of_variant
 from mup2.optim.lightsam import LightSAM, Variant
+from mup2.optim.onepass import RWP, onepass_optimizer
 from mup2.optim.rules import get_rule
 from mup2.optim.sam import SAM
 from mup2.parametrization.attention import head_dim
@@ -756,13 +757,18 @@ def coord_check(
     when given (e.g. ``partial(mup2.LightSAM, variant="adam", lr=1e-3, rho=0.1)``; ``rule`` and
     ``scaling`` are then read from the optimizer it builds). A LightSAM ``rule``
     (``lightsam-adam``, ...) builds :class:`mup2.LightSAM` with ``lr`` and ``rho``; its
-    elementwise variants are Adam-like, so ``mup-sgd`` then means ``mup-adam``.
+    elementwise variants are Adam-like, so ``mup-sgd`` then means ``mup-adam``. A one-pass
+    rule (``msam``, ``rwp``) builds :class:`mup2.MSAM` or :class:`mup2.RWP` around
+    ``base_optimizer`` (MSAM needs ``base_kwargs={"momentum": 0.9}`` with SGD); its
+    perturbation is taken from the optimizer's state, not from the gradient at ``w_t`` that
+    the check computes for its measurements, so MSAM's first step is unperturbed.
     Values are averaged over ``seeds``. ``attention=False`` leaves attention logit scales as the
     model computes them (see :meth:`mup2.Parametrization.infer`).
     Raises ``ValueError`` for fewer than 3 or non-increasing widths, and for a factory whose
     models do not differ in width.
     """
     ws = _check_widths(widths)
+    noise_seeded = False
     seeds = _check_arguments(
         factory, inputs, targets, {"rho": rho, "lr": lr, "eta": eta}, steps, seeds, dtype
     )
@@ -776,6 +782,17 @@ def coord_check(
             optimizer = partial(LightSAM, variant=variant, lr=lr, rho=rho, scaling=scaling)
             if sch is MUP_SGD:  # the variant's own μP scheme
                 sch = get_scheme(family_of_variant(variant).scheme)
+        elif rule_.one_pass:
+            onepass = onepass_optimizer(rule_)
+            optimizer = partial(
+                onepass,
+                base_optimizer=base_optimizer,
+                rho=rho,
+                scaling=scaling,
+                restore="copy",
+                **dict(base_kwargs or {}),
+            )
+            noise_seeded = issubclass(onepass, RWP)  # RWP's noise drawn from each run's seed
     base_w = ws[0] if base_width is None else base_width
     if isinstance(base_w, bool) or not isinstance(base_w, int) or base_w < 1:
         raise ValueError(f"base_width must be a positive integer, got {base_w!r}")
@@ -820,7 +837,8 @@ def coord_check(
                         **dict(base_kwargs or {}),
                     )
                 else:
-                    opt = optimizer(groups)
+                    make = cast(Callable[..., SAM], optimizer)
+                    opt = make(groups, seed=seed) if noise_seeded else make(groups)
                     rule, scaling = opt.rule, opt.scaling
                 run = _measure_run(model, opt, modules, inputs, targets, loss_fn, steps, seed)
                 if width == ws[-1] and seed == seeds[0]:

@@ -18,7 +18,7 @@ from mup2.coordcheck.measure import (
     coord_check,
 )
 from mup2.errors import check_iterable
-from mup2.optim.rules import LIGHTSAM_RULES, RULES, get_rule
+from mup2.optim.rules import LIGHTSAM_RULES, ONEPASS_RULES, RULES, get_rule
 from mup2.tables import format_table
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
 
 TABLE1_RULES = ("sam", "sam-on", "asam", "asam-layerwise")
 TABLE1_SCALINGS = ("naive", "global", "mup2")
-RULE_NAMES = {name: get_rule(name).label for name in (*RULES, *LIGHTSAM_RULES)}
+RULE_NAMES = {name: get_rule(name).label for name in (*RULES, *LIGHTSAM_RULES, *ONEPASS_RULES)}
 _SCALING_NAMES = {
     "naive": "naive",
     "global": "global",

@@ -87,12 +87,11 @@ class SAMTrainer(Trainer):
             return loss
         sam, batches = self.sam, self._micro_batches
         self._micro_batches = []
-        second = sam.needs_second_pass()
-        sam.first_step(zero_grad=second)  # with rho = 0: nothing moves, the grads stay
-        if second:
+        if sam.is_sam_step():  # else (rho = 0, or between SAM steps with every = k) one pass
+            sam.first_step(zero_grad=True)
             with frozen_bn_stats(model):
                 for i, (batch, items) in enumerate(batches):
                     with gradient_sync(model, i == len(batches) - 1):
                         super().training_step(model, dict(batch), items)
-        sam.unperturb()  # the Trainer's optimizer.step() is then SAM's second step
-        return loss
+            sam.unperturb()
+        return loss  # the Trainer's optimizer.step() is then SAM's second step

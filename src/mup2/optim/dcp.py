@@ -5,7 +5,8 @@
 moments) that :meth:`mup2.SAM.state_dict` nests. These helpers save three entries, each keyed by
 parameter name and sharded like the parameters under FSDP2: ``model``, ``optim`` (the base
 optimizer, with the param groups and their μP metadata) and ``ascent`` (SAM's own state, e.g.
-LightSAM's accumulators; empty for SAM)::
+LightSAM's accumulators or LookSAM's ``g_v``; empty for SAM); and with ``every > 1``
+``sam_step``, where the cycle stands (:attr:`mup2.SAM.sam_step`, a 0-d tensor)::
 
     sd = mup2.optim.dcp.get_state_dict(model, opt)
     torch.distributed.checkpoint.save(sd, checkpoint_id=path)
@@ -25,7 +26,6 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint import state_dict as dsd
 
-from mup2.optim.lightsam import LightSAM
 from mup2.optim.sam import SAM
 
 __all__ = ["get_state_dict", "set_state_dict"]
@@ -45,13 +45,15 @@ class _Ascent(torch.optim.Optimizer):
 
 def get_state_dict(model: nn.Module, opt: SAM) -> dict[str, Any]:
     """``{"model", "optim", "ascent"}`` for ``torch.distributed.checkpoint.save``/``load``."""
-    if isinstance(opt, LightSAM):
-        opt.init_state()  # a fresh optimizer must offer its state's structure to load into
-    return {
+    opt.init_state()  # a fresh optimizer must offer its state's structure to load into
+    sd = {
         "model": dsd.get_model_state_dict(model),
         "optim": dsd.get_optimizer_state_dict(model, opt.base_optimizer),
         "ascent": dsd.get_optimizer_state_dict(model, _Ascent(opt)) if opt.state else {},
     }
+    if opt.every > 1:  # only then (checkpoints of every = 1, older ones too, lack it)
+        sd["sam_step"] = torch.tensor(opt.sam_step, dtype=torch.int64)
+    return sd
 
 
 def set_state_dict(model: nn.Module, opt: SAM, state_dict: dict[str, Any]) -> None:
@@ -59,6 +61,8 @@ def set_state_dict(model: nn.Module, opt: SAM, state_dict: dict[str, Any]) -> No
     dsd.set_model_state_dict(model, state_dict["model"])
     dsd.set_optimizer_state_dict(model, opt.base_optimizer, state_dict["optim"])
     opt.param_groups = opt.base_optimizer.param_groups
+    if "sam_step" in state_dict:  # saved before SAM had a cycle: 0
+        opt.sam_step = int(state_dict["sam_step"])
     if state_dict["ascent"]:
         view = _Ascent(opt)
         dsd.set_optimizer_state_dict(model, view, state_dict["ascent"])

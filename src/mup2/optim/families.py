@@ -1,9 +1,11 @@
 """Optimizer families as data: one :class:`Family` per base optimizer mup2 trains with.
 
-A family knows its class, whether it is SGD-like (the update scales like the gradient) or
-Adam-like (each coordinate normalized), hence the μP scheme its param groups need, the LightSAM
-variant with the same adaptive step size, and the config keywords it takes beyond ``lr`` and
-``weight_decay`` (which the param groups carry).
+A family knows its class, whether it is SGD-like (the update scales like the gradient),
+Adam-like (each coordinate normalized) or Muon (hidden matrices orthogonalized, AdamW elsewhere:
+:class:`mup2.optim.MuonAdamW`), hence the μP scheme its param groups need, the LightSAM
+variant with the same adaptive step size (Muon's: LightSAM's Adam ascent, the descent Muon's),
+and the config keywords it takes beyond ``lr`` and ``weight_decay`` (which the param groups
+carry).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import Any, Literal
 import torch
 
 from mup2.optim.adagrad_norm import AdaGradNorm
+from mup2.optim.muon import MuonAdamW
 from mup2.optim.rules import Rule, get_rule
 
 __all__ = ["FAMILIES", "Family", "Like", "adam_like", "family_of_variant", "get_family"]
 
-Like = Literal["sgd", "adam"]
+Like = Literal["sgd", "adam", "muon"]
 
 
 def _same(kw: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,7 +51,7 @@ class Family:
     @property
     def scheme(self) -> str:
         """The μP scheme whose LR multipliers fit this optimizer."""
-        return "mup-adam" if self.like == "adam" else "mup-sgd"
+        return f"mup-{self.like}"
 
     def kwargs(self, **config: Any) -> dict[str, Any]:
         """The optimizer's constructor keywords for config keywords (``lr``, ``eps0``, ...)."""
@@ -62,12 +65,14 @@ FAMILIES: dict[str, Family] = {
         Family("adamw", torch.optim.AdamW, "adam", ("betas", "eps"), "adam"),
         Family("adagrad", torch.optim.Adagrad, "adam", ("eps0",), "adagrad", _adagrad),
         Family("adagrad-norm", AdaGradNorm, "sgd", ("eps0",), "adagrad-norm"),
+        Family("muon", MuonAdamW, "muon", ("momentum", "nesterov", "betas", "eps"), "adam"),
     )
 }
 
 
 def get_family(name: str) -> Family:
-    """Look a family up by its config name (``sgd``, ``adamw``, ``adagrad``, ``adagrad-norm``)."""
+    """Look a family up by its config name (``sgd``, ``adamw``, ``adagrad``, ``adagrad-norm``,
+    ``muon``)."""
     if name not in FAMILIES:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {list(FAMILIES)}")
     return FAMILIES[name]
@@ -78,7 +83,7 @@ def family_of_variant(variant: str) -> Family:
     for f in FAMILIES.values():
         if f.lightsam == variant:
             return f
-    variants = [f.lightsam for f in FAMILIES.values() if f.lightsam]
+    variants = list(dict.fromkeys(f.lightsam for f in FAMILIES.values() if f.lightsam))
     raise ValueError(f"variant must be one of {variants}, not {variant!r}")
 
 

@@ -17,6 +17,7 @@ The accumulators are optimizer state: they are checkpointed and resume bit for b
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
@@ -27,7 +28,7 @@ from mup2.errors import check_number, shown
 from mup2.optim.families import family_of_variant
 from mup2.optim.perturb import norms
 from mup2.optim.rules import LIGHTSAM_RULES, Rule
-from mup2.optim.sam import SAM, Plan, Restore
+from mup2.optim.sam import SAM, Between, Plan, Restore
 from mup2.optim.shards import local
 
 __all__ = ["LightSAM", "Variant", "descent_optimizer"]
@@ -57,10 +58,15 @@ class LightSAM(SAM):
     """SAM with AdaGrad-Norm, AdaGrad or Adam step sizes in ascent and descent.
 
     Same API, checkpoints and helpers as :class:`mup2.SAM` (``step(closure)``, ``first_step`` /
-    ``second_step``, ``model=`` for DDP and BatchNorm). Use μP groups of the matching base
-    optimizer: ``mup-sgd`` for ``adagrad-norm`` (SGD-like), ``mup-adam`` for ``adagrad``/``adam``.
+    ``second_step``, ``model=`` for DDP and BatchNorm, ``every``/``between``/``alpha``/
+    ``layerwise`` for SAM on every k-th step). Use μP groups of the matching base optimizer:
+    ``mup-sgd`` for ``adagrad-norm`` (SGD-like), ``mup-adam`` for ``adagrad``/``adam``.
     Every group runs the variant's rule (``lightsam-<variant>``); groups may set their own
     ``rho`` and ``scaling``.
+
+    ``base_optimizer``: another descent than the variant's, e.g. :class:`mup2.optim.MuonAdamW`
+    with the Adam ascent (its own keywords in ``base_kwargs``; ``lr``, ``weight_decay`` and,
+    where it takes them, ``betas`` and ``eps`` are passed on). ``None``: the variant's descent.
     """
 
     RULES: ClassVar[tuple[str, ...]] = LIGHTSAM_RULES
@@ -82,6 +88,12 @@ class LightSAM(SAM):
         restore: Restore = "copy",
         model: nn.Module | None = None,
         sync_perturbation: bool = False,
+        every: int = 1,
+        between: Between = "sgd",
+        alpha: float = 0.7,
+        layerwise: bool = False,
+        base_optimizer: type[torch.optim.Optimizer] | None = None,
+        **base_kwargs: Any,
     ) -> None:
         if not isinstance(variant, str):
             raise TypeError(
@@ -96,6 +108,16 @@ class LightSAM(SAM):
         base, kw = descent_optimizer(
             variant, lr=lr, betas=betas, eps=eps, eps0=eps0, weight_decay=weight_decay
         )
+        if base_optimizer is not None:
+            base = base_optimizer
+            kw = {"lr": lr, "weight_decay": weight_decay, **base_kwargs}
+            takes = inspect.signature(base_optimizer).parameters
+            kw |= {k: v for k, v in (("betas", betas), ("eps", eps)) if k in takes}
+        elif base_kwargs:
+            raise TypeError(
+                f"LightSAM got unexpected keywords {sorted(base_kwargs)}; keywords of another "
+                "descent go with base_optimizer=<its class>"
+            )
         if not 0.0 <= ascent_beta1 < 1.0:
             raise ValueError(f"ascent_beta1 must be in [0, 1), got {ascent_beta1}")
         self.variant, self.eps0 = variant, eps0
@@ -111,6 +133,10 @@ class LightSAM(SAM):
             restore=restore,
             model=model,
             sync_perturbation=sync_perturbation,
+            every=every,
+            between=between,
+            alpha=alpha,
+            layerwise=layerwise,
             **kw,
         )
 
@@ -129,6 +155,7 @@ class LightSAM(SAM):
     def init_state(self) -> None:
         """Create the ascent state of every perturbed tensor at its initial value (as the first
         step would), so that a fresh optimizer has the structure a checkpoint loads into."""
+        super().init_state()
         for p in self.perturbation_plan().owners:
             if self.variant == "adagrad-norm":
                 self._state(p, "ascent_u", 0.0, scalar=True)

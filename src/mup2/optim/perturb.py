@@ -6,7 +6,11 @@ For the perturbed tensors ``W`` (``docs/math.md`` §3-4)::
 
 ``A`` is the rule's factor (:class:`mup2.optim.rules.Factor`: 1 for SAM and SAM-ON,
 ``|W| + eta_W`` for elementwise ASAM, ``||W||_F + eta_W`` for layerwise ASAM); ``c``/``s`` are
-the rule's width factors. This is steepest ascent in the weighted norm
+the rule's width factors. MSAM (``Factor.MOMENTUM``) runs the same formula with the base
+optimizer's momentum ``m`` in place of ``g`` and the sign flipped, ``eps = -rho**2 c m / ...``;
+RWP's noise (``Factor.NOISE``, ``eps_W = rho_W c_W xi_W``) is drawn by :func:`gaussian`.
+
+This is steepest ascent in the weighted norm
 ``sum_V ||eps_V||**2 / (rho_V**2 s_V A_V**2)`` when ``c = s``; with one ``rho`` it is
 ``rho * c * A**2 * g / ||sqrt(s) * A * g||``. A per-group ``rho`` thus sets that group's radius
 in the joint norm (a group alone gets radius ``rho``), and tensors of different rules share one
@@ -16,14 +20,21 @@ no step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from mup2.optim.rules import Factor
 
-__all__ = ["by_device_and_dtype", "norms", "per_tensor", "perturbation_direction", "safe_divide"]
+__all__ = [
+    "by_device_and_dtype",
+    "gaussian",
+    "norms",
+    "per_tensor",
+    "perturbation_direction",
+    "safe_divide",
+]
 
 
 def by_device_and_dtype(tensors: Sequence[Tensor]) -> list[list[int]]:
@@ -106,6 +117,8 @@ def _ascent(
     configs = rho2c.ndim == 2
     if factor is Factor.ONE:
         return grads, norms(grads, rho2c, reduce, uniform, configs) ** 2, rho2c
+    if factor is Factor.MOMENTUM:  # g is the momentum m; the ascent goes along -m
+        return grads, norms(grads, rho2c, reduce, uniform, configs) ** 2, -rho2c
     if factor is Factor.ELEMENTWISE:
         if scratch is None:
             a = list(torch._foreach_abs(params))
@@ -125,7 +138,22 @@ def _ascent(
         offset = torch.as_tensor(eta, dtype=rho2c.dtype, device=rho2c.device)
         a2 = (norms(params, rho2c, reduce, uniform, configs) + offset) ** 2
         return grads, a2 * norms(grads, rho2c, reduce, uniform, configs) ** 2, rho2c * a2
-    raise ValueError(f"factor {factor.value!r} has no closed-form ascent (LightSAM computes it)")
+    raise ValueError(
+        f"factor {factor.value!r} has no closed-form ascent (LightSAM computes it; RWP draws "
+        "its noise with gaussian())"
+    )
+
+
+def gaussian(
+    tensors: Sequence[Tensor], generators: Mapping[torch.device, torch.Generator]
+) -> list[Tensor]:
+    """Standard normal noise ``xi`` shaped like each of ``tensors`` (RWP's direction), drawn in
+    order from the generator of each tensor's device: the same seeds give the same noise on
+    every process (DDP replicas draw identical perturbations)."""
+    return [
+        torch.randn(t.shape, generator=generators[t.device], device=t.device, dtype=t.dtype)
+        for t in tensors
+    ]
 
 
 def perturbation_direction(
@@ -146,7 +174,7 @@ def perturbation_direction(
     ``rho2c``/``rho2s``: 1-D, ``rho_W**2 c_W`` and ``rho_W**2 s_W`` per tensor; ``eta``: the ASAM
     offset of each tensor; ``scratch``: tensors like ``params`` that elementwise ASAM may
     overwrite (saves a parameter-sized temporary). ``k`` has their device and dtype; for SAM,
-    SAM-ON and elementwise ASAM tensors it is proportional to ``rho2c``. ``reduce``: see
+    SAM-ON, MSAM and elementwise ASAM tensors it is proportional to ``rho2c``. ``reduce``: see
     :func:`norms` (the tensors are then local shards), as is ``uniform``.
 
     With a configuration axis (module docstring): tensors ``(K, *shape)``, ``rho2c``/``rho2s``

@@ -8,7 +8,10 @@ A rule fixes the factor ``A`` (:class:`Factor`), which tensors it perturbs (by t
 normalization flag and their :class:`mup2.roles.Role`) and, per perturbation scaling (``naive``,
 ``global``, ``mup2``, ``mup2-coupled``), the width factors ``c`` and ``s`` as
 :class:`mup2.roles.Power` per role. LightSAM's rules replace ``A`` by an adaptive ascent
-(:mod:`mup2.optim.lightsam`) and use only ``c``.
+(:mod:`mup2.optim.lightsam`) and use only ``c``. The one-pass rules (:mod:`mup2.optim.onepass`,
+``docs/math.md`` §8) replace the gradient: MSAM reads the base optimizer's momentum ``m`` and
+perturbs along ``-m`` (the formula with ``g = m`` and the sign flipped), RWP draws Gaussian
+noise, ``eps_W = rho_W c_W xi_W`` (no norm, only ``c``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mup2.roles import Power, Role
 
 __all__ = [
     "LIGHTSAM_RULES",
+    "ONEPASS_RULES",
     "READOUT_ROLES",
     "RULES",
     "SCALINGS",
@@ -46,6 +50,8 @@ class Factor(StrEnum):
     ELEMENTWISE = "elementwise"  # ASAM: A = |W| + eta, elementwise
     LAYERWISE = "layerwise"  # layerwise ASAM: A = ||W||_F + eta, one number per tensor
     ADAPTIVE = "adaptive"  # LightSAM: the ascent's own adaptive step size
+    MOMENTUM = "momentum"  # MSAM: A = 1 on the base optimizer's momentum, ascent along -m
+    NOISE = "noise"  # RWP: standard Gaussian noise xi, eps = rho c xi (no norm)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,18 @@ class Rule:
     @property
     def bucketed(self) -> bool:
         return self.factor is not Factor.LAYERWISE
+
+    @property
+    def one_pass(self) -> bool:
+        """A rule whose perturbation needs no gradient at ``w`` (MSAM, RWP): one
+        forward/backward per step, at ``w + eps`` (:mod:`mup2.optim.onepass`)."""
+        return self.factor in (Factor.MOMENTUM, Factor.NOISE)
+
+    @property
+    def reads_momentum(self) -> bool:
+        """The perturbation follows the base optimizer's momentum (MSAM): the base optimizer
+        must keep one (SGD with ``momentum > 0``, Adam-like)."""
+        return self.factor is Factor.MOMENTUM
 
     def perturbs(self, norm: bool, role: Role | str) -> bool:
         """Whether a tensor of ``role`` (``norm``: of a normalization layer) is perturbed."""
@@ -134,6 +152,10 @@ _ASAM_LAYERWISE_MUP2 = PerturbScaling(
     {**_same(_ONE), Role.HIDDEN: Power(width=-1.0)}, {**_same(_ONE), Role.HIDDEN: Power(width=-1.0)}
 )
 _ADAM_LIKE = PerturbScaling(_same(Power(in_=-1.0)), _same(_ONE))
+# - RWP: eps_W = rho c_W xi_W with xi ~ N(0, 1) entrywise, independent of the layer's input x,
+#   so the effective perturbation eps_W x has RMS rho c_W sqrt(fan_in) RMS(x): c = m_in^-1/2
+#   (1 on input-like, scalar-like and norm tensors, whose fan_in does not grow).
+_RWP_MUP2 = PerturbScaling(_same(Power(in_=-0.5)), _same(_ONE))
 _BASIC = {"naive": _NAIVE, "global": _GLOBAL}
 
 _TABLE: dict[str, Rule] = {
@@ -198,12 +220,17 @@ _TABLE: dict[str, Rule] = {
             {**_BASIC, "mup2": _ADAM_LIKE},
             lightsam="adam",
         ),
+        # MSAM's momentum is a decaying sum of past gradients, which scale like g: SAM's rows.
+        Rule("msam", "MSAM", Factor.MOMENTUM, {**_BASIC, "mup2": _LAYERWISE_R}),
+        Rule("rwp", "RWP", Factor.NOISE, {**_BASIC, "mup2": _RWP_MUP2}),
     )
 }
 
-#: The rules of :class:`mup2.SAM` and of :class:`mup2.LightSAM`, by name.
-RULES = tuple(name for name, r in _TABLE.items() if r.lightsam is None)
+#: The rules of :class:`mup2.SAM`, of :class:`mup2.LightSAM` and of the one-pass optimizers
+#: (:class:`mup2.MSAM`, :class:`mup2.RWP`), by name.
+RULES = tuple(name for name, r in _TABLE.items() if r.lightsam is None and not r.one_pass)
 LIGHTSAM_RULES = tuple(name for name, r in _TABLE.items() if r.lightsam is not None)
+ONEPASS_RULES = tuple(name for name, r in _TABLE.items() if r.one_pass)
 
 
 def _defined(scaling: str) -> str:
@@ -212,7 +239,7 @@ def _defined(scaling: str) -> str:
 
 
 def get_rule(rule: str | Rule) -> Rule:
-    """Look a rule up by name (see :data:`RULES` and :data:`LIGHTSAM_RULES`)."""
+    """Look a rule up by name (see :data:`RULES`, :data:`LIGHTSAM_RULES`, :data:`ONEPASS_RULES`)."""
     if isinstance(rule, Rule):
         return rule
     if rule not in _TABLE:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -20,20 +20,25 @@ from mup2.errors import (
     check_class,
     check_finite,
     check_instance,
+    check_integer,
     check_iterable,
     check_number,
     reads_as_number,
 )
 from mup2.optim.contexts import frozen_bn_stats, gradient_sync, no_sync
+from mup2.optim.looksam import orthogonal_, reuse_
 from mup2.optim.lr_multipliers import attach_lr_multipliers
 from mup2.optim.perturb import by_device_and_dtype, perturbation_direction
 from mup2.optim.rules import RULES, Factor, Rule, get_rule
-from mup2.optim.shards import Reduce, is_dtensor, locals_, shard_reducer
+from mup2.optim.shards import Reduce, is_dtensor, local, locals_, shard_reducer
 from mup2.roles import Role
 
-__all__ = ["SAM", "Plan", "Restore", "check_params", "owns_storage"]
+__all__ = ["SAM", "Between", "Plan", "Restore", "check_params", "owns_storage"]
 
 Restore = Literal["copy", "swap", "subtract"]
+#: What the steps between two SAM steps do (``every > 1``): the base step on the plain gradient
+#: (``"sgd"``, Composer's ``interval``) or on LookSAM's gradient (:mod:`mup2.optim.looksam`).
+Between = Literal["sgd", "looksam"]
 
 #: Group keys SAM reads besides its hyperparameters, with their values for plain params (base
 #: width, where μP² is plain SAM); :meth:`mup2.Parametrization.param_groups` sets them.
@@ -109,7 +114,7 @@ class Plan:
 
     def subset(self, keep: Sequence[int]) -> Plan:
         keys = [self.keys[i] for i in keep]
-        idx = torch.tensor(keep, device=self.rho.device)
+        idx = torch.tensor(keep, dtype=torch.long, device=self.rho.device)
         return Plan(
             [self.params[i] for i in keep],
             [self.bufs[i] for i in keep],
@@ -173,6 +178,11 @@ def _scales(plan: Plan, k: Tensor, bucketed: bool) -> list[tuple[list[int] | Non
     return [(idx, [k[idx[0]]] * len(idx)) for idx in plan.buckets]
 
 
+def _local_grads(params: Sequence[Tensor]) -> list[Tensor]:
+    """The gradients of ``params`` (which have one), local shards under FSDP."""
+    return [local(cast(Tensor, p.grad)) for p in params]
+
+
 def _pick(tensors: list[Tensor], idx: list[int] | None) -> list[Tensor]:
     return tensors if idx is None else [tensors[i] for i in idx]
 
@@ -208,11 +218,25 @@ class SAM(torch.optim.Optimizer):
             ``sync_perturbation``) and the second with frozen BatchNorm statistics.
         sync_perturbation: under DDP, all-reduce the first-pass gradients (one shared
             perturbation) instead of perturbing each replica with its own gradient.
+        every: SAM's second pass only on every ``every``-th step with ``rho > 0`` (the first of
+            each cycle: steps 0, k, 2k, ... of a counter :attr:`sam_step` that is saved with the
+            state); the steps in between take one forward/backward pass and the base step on
+            the gradient that ``between`` says. Steps with ``rho = 0`` in every group are not
+            counted (after a ρ schedule switches SAM on, its first step is a SAM step).
+        between: ``"sgd"``: the base step on the plain gradient (Composer's ``interval``);
+            ``"looksam"``: LookSAM (Liu et al. 2022): each SAM step stores the component
+            ``g_v`` of its gradient orthogonal to the first-pass gradient, the steps in between
+            descend along ``g + alpha (||g|| / ||g_v||) g_v`` (:mod:`mup2.optim.looksam`; every
+            parameter with a gradient, perturbed or not). Under DDP LookSAM's first pass is
+            always reduced (``g_v`` must be the same on every replica).
+        alpha: LookSAM's ``alpha``.
+        layerwise: LookSAM's projections and norms per tensor instead of over all tensors.
         **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ...).
 
     Use :meth:`step` with a closure, or :meth:`first_step`, a second backward, then
-    :meth:`second_step`. Subclasses change the ascent through :meth:`_perturbation` over a
-    :class:`Plan` (as :class:`mup2.LightSAM` does) and list the rules they take in ``RULES``.
+    :meth:`second_step` when :meth:`is_sam_step` (else one backward and :meth:`second_step`).
+    Subclasses change the ascent through :meth:`_perturbation` over a :class:`Plan` (as
+    :class:`mup2.LightSAM` does) and list the rules they take in ``RULES``.
     """
 
     #: The rule names this class accepts (:mod:`mup2.optim.rules`).
@@ -230,6 +254,10 @@ class SAM(torch.optim.Optimizer):
         restore: Restore = "copy",
         model: nn.Module | None = None,
         sync_perturbation: bool = False,
+        every: int = 1,
+        between: Between = "sgd",
+        alpha: float = 0.7,
+        layerwise: bool = False,
         **base_kwargs: Any,
     ) -> None:
         params = check_params(params)
@@ -243,6 +271,14 @@ class SAM(torch.optim.Optimizer):
         )
         check_number("rho", rho)
         check_number("eta", eta)
+        check_integer("every", every)
+        check_number("alpha", alpha)
+        if every < 1:
+            raise ValueError(f"every must be >= 1 (1: SAM on every step), got {every}")
+        if between not in get_args(Between):
+            raise ValueError(f"between must be one of {list(get_args(Between))}, not {between!r}")
+        if not alpha >= 0.0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
         for name, value in base_kwargs.items():  # torch's take lr="0.1", lr=nan, inf
             if name in _NUMBERS or reads_as_number(value):
                 check_number(name, value)
@@ -273,6 +309,11 @@ class SAM(torch.optim.Optimizer):
         self._ascended = False  # first_step() ran since the last base step
         self._plan_key: tuple[Any, ...] | None = None
         self._plan: Plan | None = None
+        self.every, self.between = every, between
+        self.alpha, self.layerwise = float(alpha), bool(layerwise)
+        #: Steps taken with ``rho > 0`` (the cycle of ``every``); saved with the state.
+        self.sam_step = 0
+        self._saved_g = False  # first_step() kept the first-pass gradients (LookSAM)
 
     @property
     def rule(self) -> str:
@@ -306,6 +347,11 @@ class SAM(torch.optim.Optimizer):
             return (
                 f"rule {rule.name!r} is LightSAM's: use mup2.LightSAM(params, "
                 f"variant={rule.lightsam!r}) (mup2.SAM takes {list(RULES)})"
+            )
+        if rule.one_pass:
+            return (
+                f"rule {rule.name!r} is one-pass: use mup2.{rule.label}(params, ...) "
+                f"({type(self).__name__} takes {list(self.RULES)})"
             )
         return f"{type(self).__name__} takes the rules {list(self.RULES)}, not {rule.name!r}"
 
@@ -416,20 +462,30 @@ class SAM(torch.optim.Optimizer):
         )
         return d, k, plan.bucketed
 
+    def _ascent_inputs(self, plan: Plan) -> tuple[Plan, list[Tensor]]:
+        """The tensors the ascent moves and what it reads for each, the other extension point
+        of subclasses: here the tensors of ``plan`` that have a gradient, and their gradients
+        (the one-pass :class:`mup2.MSAM` reads the base optimizer's momentum instead)."""
+        grads = [p.grad for p in plan.params]
+        if any(g is None for g in grads):
+            plan = plan.subset([i for i, g in enumerate(grads) if g is not None])
+            grads = [p.grad for p in plan.params]
+        return plan, grads  # type: ignore[return-value]
+
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """Move to ``w + eps`` using the current gradients (tensors without one stay put)."""
         if self._perturbed is not None:
             raise RuntimeError("first_step() called twice without second_step() in between")
-        plan = self.perturbation_plan()
-        grads = [p.grad for p in plan.params]
-        if any(g is None for g in grads):
-            plan = plan.subset([i for i, g in enumerate(grads) if g is not None])
-            grads = [p.grad for p in plan.params]
+        if self.between == "looksam":  # keep g for g_v, in the buffers g_v will take
+            params = self._with_grads()
+            torch._foreach_copy_(self._gv(params), _local_grads(params))
+            self._saved_g = True
+        plan, grads = self._ascent_inputs(self.perturbation_plan())
         if plan.params:
             if plan.reduce is not None:  # FSDP: compute on the local shards
-                plan, grads = plan.local(), locals_(grads)  # type: ignore[assignment, arg-type]
-            d, k, bucketed = self._perturbation(plan, grads)  # type: ignore[arg-type]
+                plan, grads = plan.local(), locals_(grads)
+            d, k, bucketed = self._perturbation(plan, grads)
             restore = self.restore
             if restore == "subtract":
                 torch._foreach_copy_(plan.bufs, d)
@@ -483,6 +539,11 @@ class SAM(torch.optim.Optimizer):
         skips non-finite steps); call ``scaler.update()`` afterwards as usual.
         """
         self._restore()
+        if self.needs_second_pass():  # a step of the cycle of ``every``
+            if self.between == "looksam":
+                self._looksam()
+            self.sam_step += 1
+        self._saved_g = False
         if scaler is not None:
             scaler.step(self.base_optimizer)
         else:
@@ -491,6 +552,52 @@ class SAM(torch.optim.Optimizer):
         self._opt_called = True  # tells LR schedulers that the optimizer stepped
         if zero_grad:
             self.zero_grad()
+
+    def _with_grads(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+
+    def _gv(self, params: Sequence[Tensor]) -> list[Tensor]:
+        """LookSAM's ``g_v`` of ``params`` (local shards under FSDP), created as zeros."""
+        out = []
+        for p in params:
+            state = self.state[p]
+            if "looksam_gv" not in state:
+                state["looksam_gv"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            out.append(local(state["looksam_gv"]))
+        return out
+
+    @torch.no_grad()
+    def _looksam(self) -> None:
+        """After a SAM step's second pass: ``g_v`` from the kept ``g`` and the current ``g_s``;
+        after one pass in between: the current gradients become LookSAM's."""
+        if self._saved_g:
+            params = [p for p in self._with_grads() if "looksam_gv" in self.state[p]]
+            orthogonal_(
+                self._gv(params),
+                _local_grads(params),
+                self.layerwise,
+                shard_reducer(params),
+            )
+            return
+        params = [p for p in self._with_grads() if "looksam_gv" in self.state[p]]
+        reuse_(
+            _local_grads(params),
+            self._gv(params),
+            self.alpha,
+            self.layerwise,
+            shard_reducer(params),
+        )
+
+    def init_state(self) -> None:
+        """Create the state a step would create (LookSAM's ``g_v`` of every parameter, zeros),
+        so that a fresh optimizer has the structure a distributed checkpoint loads into."""
+        if self.between == "looksam":
+            self._gv([p for g in self.param_groups for p in g["params"] if p.requires_grad])
+
+    def is_sam_step(self) -> bool:
+        """Whether the next step takes SAM's second pass: some group perturbs
+        (:meth:`needs_second_pass`) and it is the first step of its cycle of ``every``."""
+        return self.needs_second_pass() and self.sam_step % self.every == 0
 
     def needs_second_pass(self) -> bool:
         """Whether a step perturbs anything (some group has ``rho > 0`` and tensors its rule
@@ -508,16 +615,21 @@ class SAM(torch.optim.Optimizer):
         """A whole SAM step; returns the loss at the unperturbed point (detached).
 
         ``closure`` zeroes the gradients, computes the loss, calls ``backward`` and returns the
-        loss; it runs twice (once when nothing is perturbed). Without a closure, ``step()`` is
-        :meth:`second_step` and only valid after :meth:`first_step` and the second backward
-        (for frameworks that call ``optimizer.step()`` themselves, as the Trainer does).
+        loss; it runs twice on a SAM step and once otherwise: when ``rho`` is 0 in every group
+        (or no group's rule perturbs a tensor, e.g. the first steps of
+        :class:`mup2.optim.LatePhase`), the step is the base optimizer's on the plain gradient;
+        with ``every = k`` the ``k - 1`` steps after each SAM step take the one pass too
+        (:meth:`is_sam_step`). Without a closure, ``step()`` is :meth:`second_step`: valid
+        after :meth:`first_step` and the second backward, or after one backward on a step that
+        is not :meth:`is_sam_step` (for frameworks that call ``optimizer.step()`` themselves,
+        as the Trainer does).
 
         ``scaler``: an fp16 :class:`torch.amp.GradScaler` whose scaled loss the closure
         backpropagates. The first pass's gradients are unscaled before the ascent (LightSAM's
         accumulators need true gradients); if they overflowed, the ascent and the second pass
         are skipped and ``scaler.step`` skips the step. Call ``scaler.update()`` afterwards."""
         if closure is None:
-            if not self._ascended:
+            if not self._ascended and self.is_sam_step():
                 raise RuntimeError(
                     f"{type(self).__name__}.step() needs a closure that computes the loss and "
                     "calls backward (SAM evaluates the gradient twice), or call first_step() "
@@ -525,11 +637,16 @@ class SAM(torch.optim.Optimizer):
                 )
             self.second_step(scaler=scaler)
             return None
-        needs_second = self.needs_second_pass()
+        if scaler is not None and self.between == "looksam":
+            raise ValueError(
+                "LookSAM (between='looksam') takes no GradScaler: its stored g_v would hold "
+                "the overflows of skipped steps; train in bf16 or fp32"
+            )
+        needs_second = self.is_sam_step()
         first: AbstractContextManager[Any] = nullcontext()
         second: AbstractContextManager[Any] = nullcontext()
         if self.model is not None:
-            if needs_second and not self.sync_perturbation:  # ρ = 0: the step needs reduced grads
+            if needs_second and not self._synced_ascent():  # one pass: it needs reduced grads
                 first = no_sync(self.model)
             second = frozen_bn_stats(self.model)
         with torch.enable_grad(), first:
@@ -561,9 +678,11 @@ class SAM(torch.optim.Optimizer):
         n = len(micro_batches)
         if n == 0:
             raise ValueError("step_accumulate needs at least one micro-batch")
-        second = self.needs_second_pass()
+        if scaler is not None and self.between == "looksam":
+            raise ValueError("LookSAM (between='looksam') takes no GradScaler; use bf16 or fp32")
+        second = self.is_sam_step()
         ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
-        per_replica = ddp and second and not self.sync_perturbation
+        per_replica = ddp and second and not self._synced_ascent()
 
         def accumulate(sync_last: bool) -> Tensor:
             total = torch.zeros(())
@@ -585,6 +704,10 @@ class SAM(torch.optim.Optimizer):
         self.second_step(scaler=scaler)
         return loss
 
+    def _synced_ascent(self) -> bool:
+        """Whether the first pass's gradients are reduced across DDP replicas."""
+        return self.sync_perturbation or self.between == "looksam"
+
     @torch.no_grad()
     def _unscale_finite(self, scaler: torch.amp.GradScaler) -> bool:
         """Divide the current gradients by the scale; whether they are all finite."""
@@ -597,9 +720,11 @@ class SAM(torch.optim.Optimizer):
     # -- checkpoints ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """SAM's state and param groups plus the base optimizer's state (momenta, Adam moments)."""
+        """SAM's state and param groups plus the base optimizer's state (momenta, Adam moments)
+        and :attr:`sam_step` (where the cycle of ``every`` stands)."""
         sd = super().state_dict()
         sd["base_optimizer"] = self.base_optimizer.state_dict()
+        sd["sam_step"] = self.sam_step
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -607,6 +732,7 @@ class SAM(torch.optim.Optimizer):
         if "base_optimizer" not in state_dict:
             raise ValueError("not a mup2.SAM state dict: it lacks 'base_optimizer'")
         base = state_dict.pop("base_optimizer")
+        self.sam_step = int(state_dict.pop("sam_step", 0))
         super().load_state_dict(state_dict)
         self.base_optimizer.load_state_dict(base)
         self.param_groups = self.base_optimizer.param_groups

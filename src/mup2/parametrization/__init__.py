@@ -11,11 +11,20 @@
 
 from mup2.parametrization.init import InitRule
 from mup2.parametrization.parametrize import Override, Parametrization, TensorSpec
-from mup2.parametrization.schemes import MUP_ADAM, MUP_SGD, SCHEMES, SP, Scheme, get_scheme
+from mup2.parametrization.schemes import (
+    MUP_ADAM,
+    MUP_MUON,
+    MUP_SGD,
+    SCHEMES,
+    SP,
+    Scheme,
+    get_scheme,
+)
 from mup2.parametrization.shapes import ShapeError, TensorShape, infer_shapes
 
 __all__ = [
     "MUP_ADAM",
+    "MUP_MUON",
     "MUP_SGD",
     "SCHEMES",
     "SP",

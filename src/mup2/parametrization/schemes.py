@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from mup2.errors import shown
 from mup2.roles import Power, Role
 
-__all__ = ["MUP_ADAM", "MUP_SGD", "SCHEMES", "SP", "RoleRule", "Scheme", "get_scheme"]
+__all__ = [
+    "MUP_ADAM",
+    "MUP_MUON",
+    "MUP_SGD",
+    "SCHEMES",
+    "SP",
+    "RoleRule",
+    "Scheme",
+    "get_scheme",
+]
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,8 @@ class Scheme:
     (the tensor stays input-like; ``None``: nothing installed). ``attention`` is the exponent
     ``a`` of the attention-logit scale ``s(d) = s(d_base) * (d_base / d)**a`` when the head
     dimension ``d`` grows (μP: ``a = 1``, i.e. ``1/d_head``; ``None``: the model as built).
+    ``like``: the optimizer kind whose updates the LR multipliers fit (``"sgd"``, ``"adam"``,
+    ``"muon"``; ``None``: any, as SP), matched against :class:`mup2.optim.Family` ``.like``.
     """
 
     name: str
@@ -43,6 +54,7 @@ class Scheme:
     description: str
     tied_readout: Power | None = None
     attention: float | None = None
+    like: str | None = None
 
     def init_mult(self, role: Role, m_in: float, m_out: float) -> float | None:
         rule = self.roles[role].init
@@ -73,6 +85,7 @@ MUP_SGD = Scheme(
     "μP for SGD-like optimizers: LR x m_out/m_in, hidden init x m_in^-1/2, output init x 1/m_in",
     tied_readout=Power(in_=-1.0),
     attention=1.0,
+    like="sgd",
 )
 MUP_ADAM = Scheme(
     "mup-adam",
@@ -80,13 +93,32 @@ MUP_ADAM = Scheme(
     "μP for Adam-like optimizers: LR x 1/m_in, hidden init x m_in^-1/2, output init x 1/m_in",
     tied_readout=Power(in_=-1.0),
     attention=1.0,
+    like="adam",
+)
+#: μP for :class:`mup2.optim.MuonAdamW`: Muon's hidden matrices follow the spectral condition
+#: under ``adjust_lr_fn="match_rms_adamw"`` (``lr x m^-1/2``, see :mod:`mup2.optim.muon`), the
+#: AdamW tensors (input-like, output-like, scalar-like) μP-Adam's ``1/m_in``.
+MUP_MUON = Scheme(
+    "mup-muon",
+    {
+        role: RoleRule(
+            init=_MUP_INIT[role], lr=Power(in_=-0.5) if role is Role.HIDDEN else _ADAM_LR
+        )
+        for role in Role
+    },
+    "μP for Muon (hidden matrices, adjust_lr_fn='match_rms_adamw') with AdamW elsewhere: hidden "
+    "LR x m_in^-1/2, others x 1/m_in; init as μP",
+    tied_readout=Power(in_=-1.0),
+    attention=1.0,
+    like="muon",
 )
 
-SCHEMES: dict[str, Scheme] = {s.name: s for s in (SP, MUP_SGD, MUP_ADAM)}
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (SP, MUP_SGD, MUP_ADAM, MUP_MUON)}
 
 
 def get_scheme(scheme: str | Scheme) -> Scheme:
-    """Look a scheme up by name (``sp``, ``mup-sgd``, ``mup-adam``; ``mup`` means ``mup-sgd``)."""
+    """Look a scheme up by name (``sp``, ``mup-sgd``, ``mup-adam``, ``mup-muon``; ``mup`` means
+    ``mup-sgd``)."""
     if isinstance(scheme, Scheme):
         return scheme
     if not isinstance(scheme, str):
