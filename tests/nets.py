@@ -91,3 +91,43 @@ class TiedLM(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         out: Tensor = self.head(torch.relu(self.mid(self.embed(tokens))))
         return out
+
+
+class _Residual(nn.Module):
+    """``x + proj(relu(fc(x)))``: a residual block whose branch output, ``proj``, is no name
+    mup2 knows (:data:`mup2.parametrization.depth.BRANCH_OUTPUTS`)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = x + self.proj(torch.relu(self.fc(x)))
+        return out
+
+
+class ListBlocks(nn.Module):
+    """Linear -> ``depth`` residual blocks in an ``nn.ModuleList`` (``layers.N``) -> Linear."""
+
+    def __init__(self, width: int, depth: int = 2, d_in: int = 12, classes: int = 5) -> None:
+        super().__init__()
+        self.inp = nn.Linear(d_in, width)
+        self.layers: nn.Module = nn.ModuleList(_Residual(width) for _ in range(depth))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        for block in self.layers.children():
+            h = block(h)
+        out: Tensor = self.head(h)
+        return out
+
+
+class DictBlocks(ListBlocks):
+    """:class:`ListBlocks` with its blocks in an ``nn.ModuleDict``: no stack mup2 matches
+    across depths."""
+
+    def __init__(self, width: int, depth: int = 2, d_in: int = 12, classes: int = 5) -> None:
+        super().__init__(width, depth, d_in, classes)
+        self.layers = nn.ModuleDict({str(i): _Residual(width) for i in range(depth)})

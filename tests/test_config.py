@@ -121,7 +121,7 @@ def test_unknown_keys_are_named(change: dict[str, Any], key: str) -> None:
     ("change", "key"),
     [
         ({"model.width": 0}, "model.width: Input should be greater than 0"),
-        ({"model.name": "vgg"}, "model.name: must be one of ['mlp', 'resnet18', 'vit']"),
+        ({"model.name": "vgg"}, "model.name: must be one of ['mlp', 'resmlp', 'resnet18', 'vit']"),
         ({"model.norm": "group"}, "model.norm: Input should be 'none', 'layer' or 'batch'"),
         ({"optimizer.lr": -1}, "optimizer.lr: Input should be greater than 0"),
         ({"optimizer.momentum": 1.5}, "optimizer.momentum: Input should be less than 1"),

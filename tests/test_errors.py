@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import py_compile
 import re
 import resource
 import signal
@@ -38,7 +39,7 @@ from mup2.sweep import parse_sweep_config, prepare
 from mup2.train import CHECKPOINT
 from mup2.train import train as train_run
 
-from nets import mlp
+from nets import DictBlocks, ListBlocks, mlp
 
 TRAIN: dict[str, Any] = {
     "epochs": 1,
@@ -160,6 +161,35 @@ def _sweep(d: Path, **change: Any) -> list[str]:
     return ["sweep", _yaml(d, cfg), "--run-dir", str(d / "run")]
 
 
+#: A user's objective file for the user sweep cases (compiled first: importing it then writes
+#: nothing).
+OBJECTIVE = "def objective(point, report):\n    return 0.5\n\n\ndef one(point):\n    return 0.5\n"
+
+
+def _user(d: Path, objective: str = "obj.py:objective", **change: Any) -> dict[str, Any]:
+    """A user sweep config mapping (``obj.py`` written into ``d``); ``change`` updates
+    ``train``."""
+    (d / "obj.py").write_text(OBJECTIVE)
+    py_compile.compile(str(d / "obj.py"))
+    train = {"objective": objective, "direction": "maximize", "version": "v1"} | change
+    return {"name": "s", "train": train, "grid": GRID}
+
+
+def _user_sweep(
+    d: Path, objective: str = "obj.py:objective", storage: str | None = None, **change: Any
+) -> list[str]:
+    """``mup2 sweep`` of :func:`_user`'s config (with ``storage``, if given)."""
+    cfg = _user(d, objective, **change) | ({"storage": storage} if storage else {})
+    return ["sweep", _yaml(d, cfg), "--run-dir", str(d / "run")]
+
+
+def _user_store(d: Path, objective: str) -> str:
+    """A store holding the user sweep ``s`` of ``objective`` (not checked: a worker will)."""
+    url = f"sqlite:///{d / 'sweep.db'}"
+    prepare(parse_sweep_config(_user(d, objective)), url)
+    return url
+
+
 def _file(d: Path, name: str = "file", text: str = "x") -> Path:
     (d / name).write_text(text)
     return d / name
@@ -228,6 +258,13 @@ CASES = [
         lambda d: _sweep(d, storage=_store(d), train=TRAIN | {"epochs": 2, "seed": 3}),
         r"study 's' in .* was made by a different sweep config: train\.epochs: 1 in the store, "
         r"2 here; train\.seed: 0 in the store, 3 here\. Only the grid may grow",
+    ),
+    Case(
+        "store",
+        "a user sweep's name reused with another `version`",
+        lambda d: _user_sweep(d, storage=_user_store(d, "obj.py:objective"), version="v2"),
+        r"study 's' in .* was made by a different sweep config: train\.version: \"v1\" in the "
+        r"store, \"v2\" here\. Only the grid may grow",
     ),
     # -- data -----------------------------------------------------------------------------
     Case(
@@ -438,6 +475,69 @@ CASES = [
         lambda d: _sweep(d, unstable_below=NAN),
         "unstable_below: .*finite",
     ),
+    # -- user objectives ------------------------------------------------------------------
+    Case(
+        "objective",
+        "`objective = 'no_such_pkg.train:objective'` (no such module)",
+        lambda d: _user_sweep(d, "no_such_pkg.train:objective"),
+        r"objective 'no_such_pkg.train:objective': no module named 'no_such_pkg'; install its "
+        r"package in this environment, run from the folder that holds it, or name the file",
+    ),
+    Case(
+        "objective",
+        "`objective = 'DIR/gone.py:objective'` (no such file)",
+        lambda d: _user_sweep(d, f"{d}/gone.py:objective"),
+        r"objective '.*/gone.py:objective': no file .*/gone.py; check the path",
+    ),
+    Case(
+        "objective",
+        "`objective = 'obj.py:objectiv'` (no such function)",
+        lambda d: _user_sweep(d, "obj.py:objectiv"),
+        r"objective 'obj.py:objectiv': obj.py has no 'objectiv'; did you mean 'objective'",
+    ),
+    Case(
+        "objective",
+        "`objective = 'obj.py:one'`, a function `one(point)`",
+        lambda d: _user_sweep(d, "obj.py:one"),
+        r"objective 'obj.py:one' takes \(point\), but a sweep calls it as "
+        r"objective\(point, report\); define it as def objective\(point, report\)",
+    ),
+    Case(
+        "objective",
+        "`worker` on a user sweep whose objective file is not on this machine",
+        lambda d: _worker(_user_store(d, f"{d}/gone.py:objective")),
+        r"objective '.*/gone.py:objective': no file .*/gone.py",
+    ),
+    Case(
+        "objective",
+        "`objective = 'obj.py'` (no function)",
+        lambda d: _user_sweep(d, "obj.py"),
+        r"train.objective: 'obj.py' is not an entry point; write 'package.module:function' or "
+        r"'<path>.py:function'",
+    ),
+    Case(
+        "objective",
+        "a user sweep without `version`",
+        lambda d: [
+            "sweep",
+            _yaml(d, _user(d) | {"train": {"objective": "o:f", "direction": "minimize"}}),
+        ],
+        r"train.version: Field required",
+    ),
+    Case(
+        "objective",
+        "a user sweep with `batch = 2`",
+        lambda d: ["sweep", _yaml(d, _user(d) | {"batch": 2})],
+        r"batch: 2, but a sweep of a user objective trains one grid point at a time \(bundles "
+        r"are for mup2's own training\); set batch = 1",
+    ),
+    Case(
+        "objective",
+        "`sweep --batch 4` of a user sweep",
+        lambda d: [*_user_sweep(d), "--batch", "4"],
+        r"sweep 's' runs a user objective \(obj.py:objective\), which trains one grid point "
+        r"at a time: batch = 4 is for mup2's own training; use batch = 1",
+    ),
     # -- options --------------------------------------------------------------------------
     Case("option", "`worker --threads 0`", lambda d: _worker("x", "--threads", "0"), "--threads"),
     Case(
@@ -482,9 +582,15 @@ CASES = [
     ),
     Case(
         "option",
-        "`report --unstable-below 2`",
-        lambda d: ["report", "--storage", "x", "--study", "s", "--unstable-below", "2"],
-        "2 must be <= 1",
+        "`report --unstable-below 2` (an accuracy)",
+        lambda d: [*_report(_store(d), d / "out"), "--unstable-below", "2"],
+        r"unstable_below 2 is not in \[0, 1\]: test_accuracy is a fraction",
+    ),
+    Case(
+        "option",
+        "`report --unstable-above 0.5` (a maximized metric)",
+        lambda d: [*_report(_store(d), d / "out"), "--unstable-above", "0.5"],
+        "the sweep maximizes test_accuracy: a run is unstable below a threshold",
     ),
 ]
 
@@ -610,6 +716,16 @@ PARAMETRIZATIONS = [
         "an unknown scheme",
         lambda: mup2.Parametrization.infer(mlp(64), mlp(16), "mup3"),
         "unknown scheme 'mup3'",
+    ),
+    (
+        "a shallower base whose blocks are in an `nn.ModuleDict`",
+        lambda: mup2.Parametrization.infer(DictBlocks(32, 4), DictBlocks(16, 2)),
+        "the model and the base differ in depth",
+    ),
+    (
+        "a shallower base, blocks with no known branch output",
+        lambda: mup2.Parametrization.infer(ListBlocks(32, 4), ListBlocks(16, 2)),
+        "have none of the residual branch outputs mup2 knows",
     ),
 ]
 
@@ -885,6 +1001,32 @@ ARGUMENTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         lambda: mup2.sweep.run_worker("sqlite:///x.db", "s", threads="2"),  # type: ignore[arg-type]
         TypeError,
         "threads must be an integer, got the string '2'",
+    ),
+    (
+        "`mup2.sweep.run(lambda point, report: 0.0, ...)`",
+        lambda: mup2.sweep.run(lambda point, report: 0.0, name="s", grid=GRID),
+        TypeError,
+        "objective must be a function defined at the top level of a module or script, got",
+    ),
+    (
+        "`mup2.sweep.run(config=<a sweep of mup2's training>)`",
+        lambda: mup2.sweep.run(config=_sweep_cfg()),
+        TypeError,
+        "config 's' trains with mup2's own loop (its train section is a TrainConfig); "
+        "mup2.sweep.run is for a user objective: use mup2.sweep.run_sweep",
+    ),
+    (
+        "`point.sam(model)` without its parametrization",
+        lambda: mup2.sweep.Point("mup2", 64, 0.1, 0.05, 0).sam(mlp(64)),
+        TypeError,
+        "point.sam(model) needs the model's parametrization: p = point.parametrize(model, base); "
+        "point.sam(model, p)",
+    ),
+    (
+        "`report(value, step=1.5)` in an objective",
+        lambda: mup2.sweep.Reporter("loss")(0.5, 1.5),  # type: ignore[arg-type]
+        TypeError,
+        "step must be an integer >= 0, got 1.5",
     ),
     (
         "`train_batched(config)` (one config)",

@@ -37,9 +37,11 @@ def _strip(result: RunResult) -> list[dict[str, Any]]:
     return [{k: v for k, v in vars(m).items() if k != "seconds"} for m in result.metrics]
 
 
-def test_late_phase_runs_the_base_optimizer_first() -> None:
-    """late:0.5 over two epochs: the first epoch is exactly the rho = 0 run's, the second not."""
-    late = _strip(train(_cfg({"schedule": "late:0.5"})))
+@pytest.mark.parametrize("rule", ["sam", "asam", "msam", "rwp"])
+def test_late_phase_runs_the_base_optimizer_first(rule: str) -> None:
+    """late:0.5 over two epochs: the first epoch is exactly the rho = 0 run's, the second not
+    (for SAM rules and the one-pass ones alike)."""
+    late = _strip(train(_cfg({"schedule": "late:0.5", "rule": rule, "rho": 0.1})))
     plain = _strip(train(_cfg({"rho": 0.0})))
     assert late[0] == plain[0] and late[1] != plain[1]
 

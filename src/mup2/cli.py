@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from typer.core import TyperGroup
@@ -22,6 +22,9 @@ from mup2.errors import USER_ERROR, UserError, describe_os_error
 from mup2.optim.families import adam_like
 from mup2.optim.rules import LIGHTSAM_RULES, ONEPASS_RULES, RULES, SCALINGS, get_rule
 from mup2.parametrization.schemes import SCHEMES
+
+if TYPE_CHECKING:
+    from mup2.sweep.config import SweepConfig
 
 __all__ = ["app", "main"]
 
@@ -103,6 +106,7 @@ def _choice(*names: str) -> Any:
 
 
 _POSITIVE, _NONNEGATIVE, _FRACTION = _number(0.0, above=True), _number(0.0), _number(0.0, 1.0)
+_NUMBER = _number()
 
 
 def _batch(value: str) -> str:
@@ -221,6 +225,14 @@ def coordcheck(
         ),
     ] = 1e-3,
     eta: Annotated[float, typer.Option(parser=_NONNEGATIVE, help="ASAM offset")] = 0.01,
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            parser=_choice("sgd", "adamw"),
+            help="base optimizer of the SAM and one-pass rules: sgd (lr) or adamw "
+            "(--adaptive-lr, and μP for Adam)",
+        ),
+    ] = "sgd",
     momentum: Annotated[
         float | None,
         typer.Option(
@@ -280,14 +292,28 @@ def coordcheck(
     x = torch.randn(batch_size, in_features, generator=gen)
     y = torch.randint(0, 10, (batch_size,), generator=gen)
     factory = partial(MLP, depth=depth, in_features=in_features, norm=norm_)  # type: ignore[arg-type]
+    sgd: dict[str, Any] = {"lr": lr, "scheme": scheme}
+    if momentum:
+        sgd["base_kwargs"] = {"momentum": momentum}
+    sets: list[tuple[list[str], dict[str, Any]]]
+    if optimizer == "adamw":  # SAM's and the one-pass rules around AdamW, in μP for Adam
+        adam = "mup-adam" if scheme == "mup" else scheme
+        kw = {"lr": adaptive_lr, "scheme": adam, "base_optimizer": torch.optim.AdamW}
+        sets = [
+            ([r for r in rules if get_rule(r).lightsam is None], kw),
+            ([r for r in rules if get_rule(r).lightsam is not None and not adam_like(r)], sgd),
+        ]
+    else:
+        mom = {"momentum": 0.9 if momentum is None else momentum}  # MSAM needs one
+        sets = [
+            ([r for r in rules if not adam_like(r) and not moment(r)], sgd),
+            ([r for r in rules if moment(r)], {**sgd, "base_kwargs": mom}),
+        ]
+    sets.append(([r for r in rules if adam_like(r)], {"lr": adaptive_lr, "scheme": scheme}))
     try:
         results = [
             res
-            for rule_set, rate, mom in (
-                ([r for r in rules if not adam_like(r) and not moment(r)], lr, momentum or 0.0),
-                ([r for r in rules if moment(r)], lr, 0.9 if momentum is None else momentum),
-                ([r for r in rules if adam_like(r)], adaptive_lr, momentum or 0.0),
-            )
+            for rule_set, kw in sets
             if rule_set
             for res in table1(
                 factory,
@@ -296,22 +322,22 @@ def coordcheck(
                 y,
                 rules=rule_set,
                 scalings=scalings,
-                scheme=scheme,
                 rho=rho,
-                lr=rate,
                 eta=eta,
                 steps=steps,
                 seeds=range(seeds),
-                base_kwargs={"momentum": mom} if mom else None,
+                **kw,
             )
         ]
     except ValueError as exc:  # the check's own validation: widths, rule and scaling
         raise UserError(str(exc)) from None
+    results.sort(key=lambda res: rules.index(res.rule))  # in the order asked (stable: scalings)
     if table:
         typer.echo(
             f"Effectively perturbed layer groups (slope of log2 effective-perturbation RMS vs "
             f"log2 width > -0.25) of a {depth}-layer ReLU MLP, norm={norm_}, scheme {scheme}, "
-            f"SGD lr={lr}, rho={rho}, widths {ws}, seeds 0..{seeds - 1}, step {steps} of "
+            f"{'AdamW lr=' + str(adaptive_lr) if optimizer == 'adamw' else f'SGD lr={lr}'}, "
+            f"rho={rho}, widths {ws}, seeds 0..{seeds - 1}, step {steps} of "
             f"{steps}.\n"
         )
         typer.echo(format_table1(results))
@@ -366,17 +392,45 @@ def report(
         Path | None, typer.Option(help="output directory (default: reports/ and the study name)")
     ] = None,
     unstable_below: Annotated[
-        float,
-        typer.Option(parser=_FRACTION, help="runs below this test accuracy count as unstable"),
-    ] = 0.30,
+        float | None,
+        typer.Option(
+            parser=_NUMBER,
+            help="runs of a maximized metric below this count as unstable "
+            "(default: 0.30 for the built-in test accuracy, none for other metrics)",
+        ),
+    ] = None,
+    unstable_above: Annotated[
+        float | None,
+        typer.Option(
+            parser=_NUMBER,
+            help="runs of a minimized metric (a loss) above this count as unstable "
+            "(default: none, only diverged runs)",
+        ),
+    ] = None,
+    curves: Annotated[
+        bool | None,
+        typer.Option(
+            "--curves/--no-curves",
+            help="draw curves.png, the metric over steps at each width's optimum "
+            "(default: for sweeps of a user's function)",
+        ),
+    ] = None,
 ) -> None:
-    """Figure 1 (accuracy over (lr, rho) per width), the rho slice, the optima against width,
-    summary.md and trials.csv from a sweep's storage (see docs/report.md)."""
+    """Figure 1 (the sweep's metric over (lr, rho) per width), the rho slice, the optima against
+    width, summary.md, trials.csv and optima.csv from a sweep's storage, for the metric and
+    direction the sweep declared (see docs/report.md)."""
     from mup2.report import make_report
 
     out_dir = out if out is not None else Path("reports") / study
     _writable(out_dir, "--out", directory=True)
-    files = make_report(storage, study, out_dir, unstable_below=unstable_below)
+    files = make_report(
+        storage,
+        study,
+        out_dir,
+        unstable_below=unstable_below,
+        unstable_above=unstable_above,
+        curves=curves,
+    )
     for p, t in files.analysis.transfers.items():
         typer.echo(f"{p}: transfer {t.verdict} ({t.reason})")
     for path in files.paths:
@@ -416,9 +470,10 @@ def sweep(
         ),
     ] = False,
 ) -> None:
-    """Run (or resume) a (width x lr x rho x seed x parametrization) sweep; see docs/sweeps.md.
-    Its first line says what it found: `new store at PATH` or `resuming: N of M runs finished in
-    PATH`. Exits with 0 when every run finished, 1 when some failed (run it again to retry them)."""
+    """Run (or resume) a (width x lr x rho x seed x parametrization) sweep of mup2's training or
+    of your own function (a `train.objective` entry point); see docs/sweeps.md. Its first line
+    says what it found: `new store at PATH` or `resuming: N of M runs finished in PATH`. Exits
+    with 0 when every run finished, 1 when some failed (run it again to retry them)."""
     from mup2.sweep import load_sweep_config, run_sweep
 
     cfg = load_sweep_config(config)
@@ -445,10 +500,7 @@ def sweep(
         f"({state.unstable} unstable, {state.failed} failed); store: {storage}"
     )
     if report_ and state.complete:
-        from mup2.report import make_report
-
-        files = make_report(storage, cfg.name, out / "report", cfg.unstable_below)
-        typer.echo(f"report: {files.summary.parent}")
+        _write_report(cfg, storage, out / "report")
     if not state.finished:
         typer.echo(
             f"error: {state.total - state.complete} runs did not finish (their trials' 'error' "
@@ -456,6 +508,22 @@ def sweep(
             err=True,
         )
         raise typer.Exit(UNFINISHED)
+
+
+def _write_report(cfg: SweepConfig, storage: str, out: Path) -> None:
+    """The sweep's report in ``out``; for a user objective's sweep, a line saying why not when
+    the report cannot be made of its metric."""
+    from mup2.report import make_report
+
+    if cfg.user is None:
+        files = make_report(storage, cfg.name, out, cfg.unstable_below)
+    else:
+        try:  # its metric's own threshold: unstable_below is for mup2's accuracy
+            files = make_report(storage, cfg.name, out)
+        except Exception as exc:  # the run is done and stored: the report is a bonus here
+            typer.echo(f"report: skipped ({type(exc).__name__}: {exc})")
+            return
+    typer.echo(f"report: {files.summary.parent}")
 
 
 def _batch_size(option: str | None) -> int | Literal["auto"] | None:
@@ -472,7 +540,9 @@ def worker(
     max_trials: Annotated[int | None, typer.Option(min=1, help="stop after this many runs")] = None,
 ) -> None:
     """Join a sweep from any machine that reaches its storage; runs until no run is waiting or
-    running. Exits with 0 when the sweep finished, 1 when runs failed, 3 when runs are left."""
+    running. A sweep of your own function imports its entry point here first (a relative file:
+    from the sweep config's folder, else from the current directory). Exits with 0 when the
+    sweep finished, 1 when runs failed, 3 when runs are left."""
     from mup2.sweep import open_sweep, run_worker, stop_on_signals, sweep_state
 
     try:

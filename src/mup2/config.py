@@ -51,6 +51,7 @@ __all__ = [
     "ModelConfig",
     "MuonConfig",
     "OptimizerConfig",
+    "ResMLPConfig",
     "ResNetConfig",
     "SAMConfig",
     "SGDConfig",
@@ -87,7 +88,7 @@ class _ModelBase(Section):
 
     def kwargs(self, scheme: str) -> dict[str, Any]:
         """Constructor keywords for :func:`mup2.models.build_model` besides the width."""
-        return self.model_dump(exclude={"name", "width", "base_width"})
+        return self.model_dump(exclude={"name", "width", "base_width", "base_depth", "alpha"})
 
 
 class MLPConfig(_ModelBase):
@@ -98,6 +99,21 @@ class MLPConfig(_ModelBase):
     activation: Literal["relu", "gelu", "tanh"] = "relu"
     norm: Literal["none", "layer", "batch"] = "none"
     bias: bool = True
+
+
+class ResMLPConfig(_ModelBase):
+    """:class:`mup2.models.ResMLP`: ``width`` is the residual stream's, ``depth`` the number of
+    pre-LN residual blocks. ``base_depth`` (``None``: the model's own, width-only μP): the base
+    model's depth, against which the parametrization is depth-aware (CompleteP's rules, each
+    branch x ``(depth/base_depth)**-alpha``; ``alpha`` 1: CompleteP, 0.5: Depth-μP)."""
+
+    name: Literal["resmlp"]
+    depth: PositiveInt = 4
+    mlp_ratio: PositiveInt = 1
+    activation: Literal["relu", "gelu"] = "relu"
+    bias: bool = True
+    base_depth: PositiveInt | None = None
+    alpha: float = Field(default=1.0, gt=0.0, le=1.0)
 
 
 class ResNetConfig(_ModelBase):
@@ -121,6 +137,8 @@ class ViTConfig(_ModelBase):
     mlp_ratio: PositiveInt = 4
     attn_mult: PositiveFloat | None = None
     zero_init: bool | None = None
+    base_depth: PositiveInt | None = None  # as ResMLPConfig's
+    alpha: float = Field(default=1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _heads(self) -> ViTConfig:
@@ -137,7 +155,9 @@ class ViTConfig(_ModelBase):
         return out
 
 
-ModelConfig = Annotated[MLPConfig | ResNetConfig | ViTConfig, Field(discriminator="name")]
+ModelConfig = Annotated[
+    MLPConfig | ResMLPConfig | ResNetConfig | ViTConfig, Field(discriminator="name")
+]
 
 # -- data -------------------------------------------------------------------------------------
 
@@ -471,7 +491,12 @@ class TrainConfig(Section):
 # -- parsing and error messages ---------------------------------------------------------------
 
 _UNIONS: dict[str, dict[str, type[BaseModel]]] = {
-    "model": {"mlp": MLPConfig, "resnet18": ResNetConfig, "vit": ViTConfig},
+    "model": {
+        "mlp": MLPConfig,
+        "resmlp": ResMLPConfig,
+        "resnet18": ResNetConfig,
+        "vit": ViTConfig,
+    },
     "data": {
         "fashion-mnist": FashionMNISTData,
         "idx": IDXData,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mup2.config import FashionMNISTData
+from mup2.config import FashionMNISTData, TrainConfig
 from mup2.coordcheck import coord_check, format_slopes, plot_coord_checks
 from mup2.data import resolve_fashion_mnist_dir
 from mup2.models import MLP
@@ -48,6 +48,7 @@ def run_demo(
     """
     log = say
     cfg = demo_config()
+    assert isinstance(cfg.train, TrainConfig)  # the demo trains with mup2's own loop
     data = cfg.train.data
     resolve_fashion_mnist_dir(data.root if isinstance(data, FashionMNISTData) else None)
     out.mkdir(parents=True, exist_ok=True)

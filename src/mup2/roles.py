@@ -25,11 +25,26 @@ class Role(StrEnum):
 
 @dataclass(frozen=True)
 class Power:
-    """The multiplier ``m_out**out * m_in**in_ * M**width``; ``M``: the model's width multiplier."""
+    """The multiplier ``m_out**out * m_in**in_ * M**width * D**(depth + alpha * a)``.
+
+    ``M``: the model's width multiplier; ``D = L/L0``: the depth multiplier of the tensor's
+    block stack (1 outside the blocks); ``a``: the residual-branch exponent (the branches are
+    multiplied by ``D**-a``; CompleteP: ``a = 1``), so a depth rule written for every ``a`` is
+    one :class:`Power` (``docs/math.md``, depth)."""
 
     out: float = 0.0
     in_: float = 0.0
     width: float = 0.0
+    depth: float = 0.0
+    alpha: float = 0.0
 
-    def __call__(self, m_in: float, m_out: float, width: float = 1.0) -> float:
-        return float(m_out**self.out * m_in**self.in_ * width**self.width)
+    def __call__(
+        self,
+        m_in: float,
+        m_out: float,
+        width: float = 1.0,
+        depth: float = 1.0,
+        alpha: float = 1.0,
+    ) -> float:
+        d = depth ** (self.depth + self.alpha * alpha) if depth != 1.0 else 1.0
+        return float(m_out**self.out * m_in**self.in_ * width**self.width * d)

@@ -232,11 +232,15 @@ def make_model(
         parametrization.init_(model, seed=config.seed)
         return model, parametrization
     model = build_model(m.name, m.width, input_shape=input_shape, num_classes=num_classes, **kwargs)
+    # roles matter at base width for a rule that perturbs by role, and for Muon (hidden only)
     by_role = get_rule(config.sam.sam_rule(config.optimizer.name)).roles is not None
+    by_role = by_role or get_family(config.optimizer.name).like == "muon"
     overrides = None
+    base_depth = getattr(m, "base_depth", None)  # depth-aware: the base at its own depth
+    base_kw = kwargs if base_depth is None else {**kwargs, "depth": base_depth}
     with torch.device("meta"):
         base = build_model(
-            m.name, config.base_width, input_shape=input_shape, num_classes=num_classes, **kwargs
+            m.name, config.base_width, input_shape=input_shape, num_classes=num_classes, **base_kw
         )
         if by_role and m.width == config.base_width:
             wider = build_model(
@@ -244,7 +248,13 @@ def make_model(
             )
             overrides = role_overrides(model, wider)
     p = Parametrization.infer(
-        model, base, config.scheme, overrides=overrides, wd_policy=config.optimizer.wd_policy
+        model,
+        base,
+        config.scheme,
+        overrides=overrides,
+        wd_policy=config.optimizer.wd_policy,
+        base_depth=base_depth,
+        alpha=getattr(m, "alpha", 1.0),
     )
     p.init_(model, seed=config.seed)
     return model, p

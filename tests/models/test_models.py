@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import mup2
-from mup2.models import MLP, MODELS, ResNet18, ViT, base_width, build_model
+from mup2.models import MLP, MODELS, ResMLP, ResNet18, ViT, base_width, build_model
 from mup2.models.vit import ZERO_INIT_PATTERNS
 
 VIT = {"depth": 2, "d_head": 8, "patch_size": 4, "image_size": 8}
@@ -186,8 +186,12 @@ def test_vit_rejects_bad_shapes() -> None:
 
 
 def test_registry() -> None:
-    assert sorted(MODELS) == ["mlp", "resnet18", "vit"]
+    assert sorted(MODELS) == ["mlp", "resmlp", "resnet18", "vit"]
     assert (base_width("mlp"), base_width("resnet18"), base_width("vit")) == (64, 64, 128)
+    assert base_width("resmlp") == 64
+    rmlp = build_model("resmlp", 32, input_shape=(1, 28, 28), num_classes=10, depth=3)
+    assert isinstance(rmlp, ResMLP) and rmlp.embed.in_features == 784 and len(rmlp.blocks) == 3
+    assert rmlp(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     mlp = build_model("mlp", 32, input_shape=(1, 28, 28), num_classes=10, depth=4)
     assert isinstance(mlp, MLP) and mlp.features[0].in_features == 784 and mlp.depth == 4
     vit = build_model("vit", 16, input_shape=(1, 28, 28), num_classes=5, d_head=8, patch_size=7)

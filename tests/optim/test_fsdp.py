@@ -20,7 +20,7 @@ WORLD, STEPS, SAVE_AT, MICRO = 2, 4, 2, 8
 #: ``-accum``: each rank accumulates two micro-batches of 4 (gradient sync on the last only);
 #: ``-mp``: a mixed-precision policy computes in float32 (sharded parameters stay float64);
 #: ``-every``/``-looksam``: SAM on every 3rd step (plain or LookSAM steps between), so the
-#: checkpoint after step 2 is mid-cycle.
+#: checkpoint after step 2 is mid-cycle. ``msam``: the one-pass MSAM, its momentum sharded.
 CONFIGS = [
     "sam-naive",
     "sam-mup2",
@@ -31,6 +31,7 @@ CONFIGS = [
     "lightsam-adagrad-norm",
     "sam-mup2-looksam",
     "lightsam-adam-every",
+    "msam-mup2",
 ]
 #: The float64 single-process reference against float32 compute under ``-mp``.
 MP_ATOL = 1e-6
@@ -48,13 +49,15 @@ def _build(name: str, model: nn.Module, shard: Callable[[nn.Module], None]) -> m
     if name.endswith(("-every", "-looksam")):
         cheap = {"every": 3, "between": "looksam" if name.endswith("-looksam") else "sgd"}
         name = name.rsplit("-", 1)[0]
-    sgd_like = name.startswith("sam") or name.endswith("adagrad-norm")
+    sgd_like = name.startswith(("sam", "msam")) or name.endswith("adagrad-norm")
     scheme = "mup-sgd" if sgd_like else "mup-adam"
     with torch.device("meta"):
         base = tanh_net(8)
     p = mup2.Parametrization.infer(model, base, scheme)  # on the unsharded model
     shard(model)
     groups = p.param_groups(model, lr=0.05)
+    if name.startswith("msam"):
+        return mup2.MSAM(groups, torch.optim.SGD, rho=0.3, momentum=0.9, model=model)
     if name.startswith("sam"):
         scaling = name.split("-")[1]
         return mup2.SAM(  # DTensors keep their storage: "swap" restores them by copy

@@ -34,7 +34,7 @@ def _groups(width: int = 64, lr: float = 0.01) -> tuple[MLP, list[dict]]:
 def test_groups_split_by_role() -> None:
     _, groups = _groups()
     opt = MuonAdamW(groups, lr=0.01)
-    muon, adam = opt._inner
+    muon, adam = opt.parts
     assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.AdamW)
     assert [g["role"] for g in muon.param_groups] == ["hidden"]
     assert sorted(g["role"] for g in adam.param_groups) == ["input", "output", "scalar"]
@@ -115,7 +115,7 @@ def test_lightsam_wraps_muon_adamw() -> None:
     model, groups = _groups()
     opt = mup2.LightSAM(groups, "adam", lr=0.01, rho=0.05, base_optimizer=MuonAdamW, momentum=0.9)
     assert isinstance(opt.base_optimizer, MuonAdamW)
-    assert opt.base_optimizer._inner[0].param_groups[0]["momentum"] == 0.9
+    assert opt.base_optimizer.parts[0].param_groups[0]["momentum"] == 0.9
     before = [p.detach().clone() for p in model.parameters()]
     opt.step(_closure(model, opt))
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
@@ -123,11 +123,14 @@ def test_lightsam_wraps_muon_adamw() -> None:
         mup2.LightSAM(groups, "adam", momentum=0.9)
 
 
-def test_config_muon_trains_under_sam_and_lightsam() -> None:
+@pytest.mark.parametrize("width", [16, 32])
+def test_config_muon_trains_under_sam_and_lightsam(width: int) -> None:
+    """At base width too (16), where the shapes tell no roles, the hidden matrices take Muon
+    (their roles come from the model at twice the width)."""
     for sam in ({"rho": 0.05}, {"rho": 0.05, "rule": "lightsam"}):
         cfg = parse_config(
             {
-                "model": {"name": "mlp", "width": 32, "base_width": 16},
+                "model": {"name": "mlp", "width": width, "base_width": 16},
                 "data": {"name": "synthetic"},
                 "optimizer": {"name": "muon", "lr": 0.01, "momentum": 0.9},
                 "scheme": "mup-muon",
@@ -139,4 +142,7 @@ def test_config_muon_trains_under_sam_and_lightsam() -> None:
         opt = make_optimizer(cfg, model, p)
         assert isinstance(opt.base_optimizer, MuonAdamW)
         assert isinstance(opt, mup2.LightSAM) is (sam.get("rule") == "lightsam")
+        muon = opt.base_optimizer.parts[0]
+        assert isinstance(muon, torch.optim.Muon)
+        assert [g["names"] for g in muon.param_groups] == [["features.2.weight"]]
         opt.step(_closure(model, opt))

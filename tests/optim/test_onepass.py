@@ -25,6 +25,7 @@ from mup2.coordcheck import coord_check
 from mup2.data.loader import derive_seed
 from mup2.models.mlp import MLP
 from mup2.optim.onepass import OnePassSAM, onepass_optimizer
+from mup2.sweep import expand, parse_sweep_config, run_sweep
 from mup2.train import make_model, make_optimizer, train
 
 from nets import mlp
@@ -425,3 +426,30 @@ def test_cli_coordcheck_table_rows_of_the_one_pass_rules() -> None:
     assert res.exit_code == 0, res.output
     rows = [line for line in res.output.splitlines() if line.startswith("| MSAM") or "RWP" in line]
     assert len(rows) == 6 and "| MSAM | μP² |" in res.output and "| RWP | naive |" in res.output
+    adamw = [*args, "--optimizer", "adamw", "--scaling", "mup2", "--widths", "16,32,64"]
+    res = runner.invoke(app, [*adamw, "--seeds", "1", "--steps", "2"])
+    assert res.exit_code == 0, res.output
+    assert "AdamW lr=0.001" in res.output and "| MSAM | μP² | yes" in res.output
+    bad = runner.invoke(app, ["coordcheck", "--rule", "msam", "--momentum", "0"])
+    assert bad.exit_code == 2 and "momentum=0" in bad.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ONEPASS_RULES)
+def test_a_sweep_of_a_one_pass_rule_runs(rule: str, tmp_path: Path) -> None:
+    """``[train.sam] rule = "msam"`` or ``"rwp"`` in a sweep; the grid's rho and the
+    parametrization's scaling reach the optimizer."""
+    torch.set_default_dtype(torch.float32)
+    train_cfg = {
+        "epochs": 1,
+        "batch_size": 64,
+        "progress": False,
+        "model": {"name": "mlp", "width": 16, "base_width": 16},
+        "data": {"name": "synthetic", "train_size": 128, "test_size": 64},
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "sam": {"rule": rule},
+    }
+    grid = {"widths": [16, 32], "lr": [0.1], "rho": [0.01], "parametrizations": ["mup2"]}
+    cfg = parse_sweep_config({"name": rule, "train": train_cfg, "grid": grid})
+    _, state = run_sweep(cfg, tmp_path, progress=False)
+    assert state.done and state.complete == len(expand(cfg)) == 2

@@ -77,24 +77,30 @@ class Reference:
         else:
             opt = torch.optim.AdamW(groups, weight_decay=1e-2)
         self.opt = attach_lr_multipliers(opt)
-        # μP² (SAM's row, docs/math.md §4): c = s = r = m_out / m_in; naive: 1
-        r = {
-            id(q): (g["m_out"] / g["m_in"] if scaling == "mup2" else 1.0)
+        # SAM's rows (docs/math.md §4): naive c = s = 1; global c = M^-1/2, s = 1;
+        # μP² c = s = r = m_out / m_in
+        cs = {
+            id(q): {
+                "naive": (1.0, 1.0),
+                "global": (g["width_mult"] ** -0.5, 1.0),
+                "mup2": (g["m_out"] / g["m_in"],) * 2,
+            }[scaling]
             for g in groups
             for q in g["params"]
         }
-        self.r = [r[id(q)] for q in self.model.parameters()]
+        self.c = [cs[id(q)][0] for q in self.model.parameters()]
+        self.s = [cs[id(q)][1] for q in self.model.parameters()]
         self.g_v: list[Tensor] | None = None
 
     def sam_gradient(self, seed: int, rho: float) -> tuple[list[Tensor], list[Tensor]]:
-        """``(g, g_s)``: eps_W = rho r_W g_W / sqrt(sum_V r_V ||g_V||^2)."""
+        """``(g, g_s)``: eps_W = rho c_W g_W / sqrt(sum_V s_V ||g_V||^2)."""
         params = list(self.model.parameters())
         g = grads_at(self.model, seed)
-        denom = math.sqrt(sum(r * float((t * t).sum()) for r, t in zip(self.r, g, strict=True)))
+        denom = math.sqrt(sum(s * float((t * t).sum()) for s, t in zip(self.s, g, strict=True)))
         w = [q.detach().clone() for q in params]
         with torch.no_grad():
-            for q, r, t in zip(params, self.r, g, strict=True):
-                q.add_(rho * r * t / denom)
+            for q, c, t in zip(params, self.c, g, strict=True):
+                q.add_(rho * c * t / denom)
         g_s = grads_at(self.model, seed)
         with torch.no_grad():
             for q, w0 in zip(params, w, strict=True):
@@ -152,7 +158,7 @@ def make_sam(p: Parametrization, model: nn.Module, base: str, scaling: str, **kw
 
 
 @pytest.mark.parametrize("base", ["sgd", "adamw"])
-@pytest.mark.parametrize("scaling", ["naive", "mup2"])
+@pytest.mark.parametrize("scaling", ["naive", "global", "mup2"])
 @pytest.mark.parametrize(
     ("between", "layerwise"), [("sgd", False), ("looksam", False), ("looksam", True)]
 )
@@ -160,7 +166,7 @@ def test_every_k_matches_float64_reference(
     base: str, scaling: str, between: str, layerwise: bool
 ) -> None:
     """Steps 0, 3, 6 are SAM steps (two passes), the others one pass with the base step on g
-    (``sgd``) or on LookSAM's g + alpha ||g||/||g_v|| g_v."""
+    (``sgd``) or on LookSAM's g + alpha ||g||/||g_v|| g_v; under each of SAM's scalings."""
     model, p = model_and_groups("mup-sgd" if base == "sgd" else "mup-adam")
     ref = Reference(model, p, scaling, base)
     opt = make_sam(p, model, base, scaling, every=3, between=between, layerwise=layerwise)
@@ -197,6 +203,31 @@ def test_looksam_reuse_changes_the_step_and_alpha_zero_is_every_k() -> None:
         for a, b in zip(runs["sgd"].parameters(), runs["look"].parameters(), strict=True)
     )
     assert diff > 1e-4
+
+
+def test_lightsam_looksam_reuses_between_sam_steps() -> None:
+    """LightSAM with LookSAM: one pass between SAM steps, and those steps differ from the
+    plain base step (alpha = 0 gives it exactly)."""
+    runs = {}
+    for alpha in (0.0, ALPHA):
+        model, p = model_and_groups("mup-adam")
+        opt = LightSAM(p.param_groups(model, lr=1e-3), "adam", lr=1e-3, rho=1e-3, every=2,
+                       between="looksam", alpha=alpha, layerwise=True)  # fmt: skip
+        calls: list[int] = []
+        for step in range(4):
+            opt.step(closure_for(model, opt, step, calls))
+        assert calls == [0, 0, 1, 2, 2, 3]
+        runs[alpha] = model
+    twin, p = model_and_groups("mup-adam")
+    plain = LightSAM(p.param_groups(twin, lr=1e-3), "adam", lr=1e-3, rho=1e-3, every=2)
+    for step in range(4):
+        plain.step(closure_for(twin, plain, step, []))
+    assert_same(runs[0.0], twin, tol=0)
+    diff = max(
+        float((a - b).detach().abs().max())
+        for a, b in zip(runs[ALPHA].parameters(), twin.parameters(), strict=True)
+    )
+    assert diff > 1e-6
 
 
 def test_lightsam_every_k_takes_one_pass_between() -> None:

@@ -125,7 +125,7 @@ def test_optima_and_transfer(storage: str) -> None:
             assert o is not None
             i, j, peak = optimum(p, k)
             assert (o.lr, o.rho) == (LRS[i], RHOS[j]), (p, w)
-            assert o.accuracy == pytest.approx(peak, abs=1e-12)
+            assert o.value == pytest.approx(peak, abs=1e-12)
             assert o.cell.spread == pytest.approx(0.004 / math.sqrt(2), abs=1e-12)  # ±1 sd
             assert o.base is not None and o.base.mean == pytest.approx(peak - 0.015, abs=1e-12)
             # within 1 point: the optimum and its two ρ neighbours (0.4 points below)
@@ -133,7 +133,7 @@ def test_optima_and_transfer(storage: str) -> None:
             assert region == {(LRS[i], r) for r in RHOS[1:] if abs(RHOS.index(r) - j) <= 1}
     t = a.transfers
     assert (t["mup2"].verdict, t["mup2"].lr_steps, t["mup2"].rho_steps) == ("holds", 0, 0)
-    assert t["mup2"].accuracy_change == pytest.approx(0.02)
+    assert t["mup2"].change == pytest.approx(0.02)
     assert (t["sp-naive"].verdict, t["sp-naive"].lr_steps) == ("fails", 2)
     assert "η* moves 2 grid steps" in t["sp-naive"].reason
     assert (t["mup-naive"].verdict, t["mup-naive"].lr_steps) == ("fails", 0)
@@ -145,7 +145,7 @@ def test_optima_and_transfer(storage: str) -> None:
     assert [a.unstable_runs(p) for p in PARS] == [(9, 96), (6, 96), (7, 96)]
     # one diverged seed of two makes the cell unstable; the failed trial is ignored
     c = a.grids["mup2"].cell(128, LRS[0], RHOS[3])
-    assert c is not None and c.unstable and c.accuracies[1] == 0.0
+    assert c is not None and c.unstable and c.values[1] == 0.0
     c = a.grids["mup2"].cell(64, LRS[1], RHOS[1])
     assert c is not None and c.n == c.planned == 2 and not c.unstable
 

@@ -33,6 +33,7 @@ from sweeps import (
 )
 from typer.testing import CliRunner
 
+import mup2.sweep.builtin
 import mup2.sweep.engine
 from mup2.batched import BatchError, train_batched
 from mup2.cli import app
@@ -61,7 +62,7 @@ def bundles(monkeypatch: pytest.MonkeyPatch) -> Bundles:
         seen.append(list(configs))
         return train_batched(configs, **kw)
 
-    monkeypatch.setattr(mup2.sweep.engine, "train_batched", spy)
+    monkeypatch.setattr(mup2.sweep.builtin, "train_batched", spy)
     return seen
 
 
@@ -155,7 +156,7 @@ def test_auto_sizes_each_bundle_by_auto_bundle_size(
         asked.append(config.model.width)
         return 3
 
-    monkeypatch.setattr(mup2.sweep.engine, "auto_bundle_size", fits)
+    monkeypatch.setattr(mup2.sweep.builtin, "auto_bundle_size", fits)
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     _, points = prepare(parse_sweep_config(sweep("auto", train=TINY, grid=TINY_GRID)), url)
     assert run_worker(url, "auto", batch="auto") == len(points)
@@ -171,7 +172,7 @@ def test_a_failing_bundle_fails_its_trials_and_the_sweep_goes_on(
             raise RuntimeError("broken on purpose")
         return train_batched(configs, **kw)
 
-    monkeypatch.setattr(mup2.sweep.engine, "train_batched", broken_at_16)
+    monkeypatch.setattr(mup2.sweep.builtin, "train_batched", broken_at_16)
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     study, points = prepare(parse_sweep_config(sweep("fails")), url)
     assert run_worker(url, "fails", batch=4) == len(points)
@@ -203,7 +204,7 @@ def test_heartbeats_cover_every_trial_of_a_bundle(
         assert len(other.get_trials(states=(TrialState.RUNNING,))) == len(configs)
         return train_batched(configs, **kw)
 
-    monkeypatch.setattr(mup2.sweep.engine, "train_batched", slow)
+    monkeypatch.setattr(mup2.sweep.builtin, "train_batched", slow)
     assert run_worker(url, "beat", batch=len(points)) == len(points)
     assert_complete_once(url, "beat", len(points), only=True)
 

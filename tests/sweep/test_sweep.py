@@ -34,6 +34,7 @@ from sweeps import (
 )
 from typer.testing import CliRunner
 
+import mup2.sweep.builtin
 import mup2.sweep.engine
 from mup2.cli import app
 from mup2.config import ConfigError
@@ -349,7 +350,7 @@ def test_worker_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("broken on purpose")
 
-    monkeypatch.setattr(mup2.sweep.engine, "train", broken)
+    monkeypatch.setattr(mup2.sweep.builtin, "train", broken)
     _, points = prepare(parse_sweep_config(sweep("fails", train=TINY, grid=TINY_GRID)), url)
     res = runner.invoke(app, ["worker", "--storage", url, "--study", "fails"])
     assert res.exit_code == 1 and f"({len(points)} failed, 0 left)" in res.output, res.output

@@ -801,7 +801,8 @@ def coord_check(
         inputs = inputs.to(dtype)
     # at the base width the shapes tell no roles: a rule that perturbs by role gets them from
     # another width (mup2.parametrization.shapes.role_overrides)
-    by_role = optimizer is None and get_rule(rule).roles is not None
+    # (and Muon takes the hidden matrices only)
+    by_role = (optimizer is None and get_rule(rule).roles is not None) or sch.like == "muon"
     sums: dict[tuple[int, str, str], list[float]] = {}
     layers: tuple[Layer, ...] = ()
     cuda = [inputs.device.index or 0] if inputs.device.type == "cuda" else []

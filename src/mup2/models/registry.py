@@ -9,13 +9,19 @@ from typing import Any
 from torch import nn
 
 from mup2.models.mlp import MLP
+from mup2.models.resmlp import ResMLP
 from mup2.models.resnet import ResNet18
 from mup2.models.vit import ViT
 
 __all__ = ["MODELS", "base_width", "build_model"]
 
 #: Model names accepted by :func:`build_model` and the configs.
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "resnet18": ResNet18, "vit": ViT}
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "resmlp": ResMLP,
+    "resnet18": ResNet18,
+    "vit": ViT,
+}
 
 
 def base_width(name: str) -> int:
@@ -29,12 +35,13 @@ def build_model(
     """``MODELS[name]`` at ``width`` for inputs ``(batch, *input_shape)`` (``(C, H, W)`` images)
     and ``num_classes`` outputs; ``kwargs`` go to the model's constructor.
 
-    The MLP flattens its input; the ResNet takes any ``(C, H, W)``; the ViT needs square images.
+    The MLP and the ResMLP flatten their input; the ResNet takes any ``(C, H, W)``; the ViT
+    needs square images.
     """
     cls = _lookup(name)
     shape = tuple(int(s) for s in input_shape)
-    if cls is MLP:
-        return MLP(width, in_features=math.prod(shape), out_features=num_classes, **kwargs)
+    if cls is MLP or cls is ResMLP:
+        return cls(width, in_features=math.prod(shape), out_features=num_classes, **kwargs)
     if len(shape) != 3:
         raise ValueError(f"model {name!r} needs (channels, height, width) inputs, got {shape}")
     if cls is ResNet18:

@@ -82,4 +82,4 @@ def reuse_(
     if not layerwise:
         ng, nv = torch.linalg.vector_norm(ng), torch.linalg.vector_norm(nv)
     scale = alpha * safe_divide(ng, nv)
-    torch._foreach_add_(grads, torch._foreach_mul(list(g_v), _per_tensor(scale, len(grads))))
+    torch._foreach_addcmul_(grads, list(g_v), _per_tensor(scale, len(grads)))

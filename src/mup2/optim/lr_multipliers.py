@@ -1,4 +1,4 @@
-"""Scheduler-safe learning-rate multipliers.
+"""Scheduler-safe learning-rate multipliers (and Adam ``eps`` multipliers).
 
 A param group's ``lr`` holds the *base* learning rate, the one LR schedulers read and write; its
 ``lr_mult`` (from :class:`mup2.Parametrization`) is applied only for the duration of the wrapped
@@ -19,24 +19,30 @@ __all__ = ["attach_lr_multipliers", "multiplied_lrs"]
 _ATTACHED = "_mup2_lr_hooks"
 
 
-_Saved = list[tuple[dict[str, Any], Any]]
+_Saved = list[tuple[dict[str, Any], str, Any]]
+
+#: Group keys multiplied at step time: ``lr`` by ``lr_mult`` and Adam's ``eps`` by ``eps_mult``
+#: (depth-aware schemes, :class:`mup2.parametrization.schemes.DepthRule`).
+_MULTIPLIED = (("lr", "lr_mult"), ("eps", "eps_mult"))
 
 
 def _multiply(optimizer: torch.optim.Optimizer) -> _Saved:
-    """Multiply each group's ``lr`` by its ``lr_mult``; the base LRs to put back."""
+    """Multiply each group's ``lr`` by its ``lr_mult`` (and ``eps`` by its ``eps_mult``); the
+    base values to put back."""
     saved: _Saved = []
     for group in optimizer.param_groups:
-        mult = group.get("lr_mult", 1.0)
-        if mult != 1.0 and "lr" in group:
-            saved.append((group, group["lr"]))
-            group["lr"] = group["lr"] * mult
+        for key, mult_key in _MULTIPLIED:
+            mult = group.get(mult_key, 1.0)
+            if mult != 1.0 and key in group:
+                saved.append((group, key, group[key]))
+                group[key] = group[key] * mult
     return saved
 
 
 def _put_back(saved: _Saved) -> None:
     while saved:
-        group, lr = saved.pop()
-        group["lr"] = lr
+        group, key, value = saved.pop()
+        group[key] = value
 
 
 @contextmanager

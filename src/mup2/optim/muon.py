@@ -138,6 +138,12 @@ class MuonAdamW(torch.optim.Optimizer):
             opt.state = self.state
         self._inner = tuple(inner)
 
+    @property
+    def parts(self) -> tuple[torch.optim.Optimizer, ...]:
+        """The inner ``torch.optim.Muon`` (when a group takes Muon) and ``torch.optim.AdamW``
+        (when one does not), in that order, over the shared groups and state."""
+        return self._inner
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         if self._built:  # after construction: rebuild the halves over the groups

@@ -13,7 +13,7 @@ width, ``1/d_head`` beyond); when only the number of heads grows, nothing change
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,11 +92,16 @@ def _attention_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, int]]
 
 
 def find_attention(
-    model: nn.Module, base: nn.Module | None, exponent: float | None
+    model: nn.Module,
+    base: nn.Module | None,
+    exponent: float | None,
+    base_name: Callable[[str], str] | None = None,
 ) -> tuple[list[AttentionSpec], list[str]]:
     """The attention modules of ``model`` against ``base`` and what to set on each, with the
     warnings to give (modules whose head dimension grows but whose scale cannot be set, or a
-    base that is not a model). ``exponent``: the scheme's ``attention`` (``None``: SP)."""
+    base that is not a model). ``exponent``: the scheme's ``attention`` (``None``: SP).
+    ``base_name``: the name of the base's module matched with a model's (a base of another
+    depth, :meth:`mup2.parametrization.depth.DepthSpec.base_name`)."""
     found = list(_attention_modules(model))
     if not found:
         return [], []
@@ -109,7 +114,7 @@ def find_attention(
     base_mods = {normalize_name(n): m for n, m in unwrap(base).named_modules()}
     specs, warns = [], []
     for name, mod, d in found:
-        bmod = base_mods.get(name)
+        bmod = base_mods.get(base_name(name) if base_name is not None else name)
         d0 = head_dim(bmod) if bmod is not None else None
         if bmod is None or d0 is None:
             continue

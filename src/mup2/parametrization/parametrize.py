@@ -21,6 +21,7 @@ from torch import nn
 from mup2.errors import check_number, shown
 from mup2.optim.rules import get_rule
 from mup2.parametrization.attention import AttentionSpec, apply_attention, find_attention
+from mup2.parametrization.depth import DepthSpec, depth_mismatch, infer_depth
 from mup2.parametrization.forward_multipliers import set_output_multiplier
 from mup2.parametrization.init import InitRule, Observed, default_init, draw_, observe
 from mup2.parametrization.schemes import Scheme, get_scheme
@@ -125,6 +126,8 @@ class TensorSpec:
     rho_mult: float = 1.0
     weight_scale: float = 1.0  # how the tensor's entries scale relative to the base (init std)
     init_source: str = "default"  # "default" (PyTorch's rule), "model", "override" or "keep"
+    eps_mult: float = 1.0  # of Adam's eps (depth-aware schemes)
+    depth_mult: float = 1.0  # L/L0 of the tensor's block stack; 1 outside the blocks
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +139,8 @@ class TensorSpec:
             "rho_mult": self.rho_mult,
             "weight_scale": self.weight_scale,
             "init_source": self.init_source,
+            "eps_mult": self.eps_mult,
+            "depth_mult": self.depth_mult,
         }
 
     @classmethod
@@ -149,6 +154,8 @@ class TensorSpec:
             rho_mult=float(d["rho_mult"]),
             weight_scale=float(d.get("weight_scale", 1.0)),
             init_source=str(d.get("init_source", "default")),
+            eps_mult=float(d.get("eps_mult", 1.0)),
+            depth_mult=float(d.get("depth_mult", 1.0)),
         )
 
 
@@ -211,6 +218,7 @@ class Parametrization:
     wd_policy: WeightDecayPolicy = "lr-scaled"
     forward_mults: Mapping[str, float] = field(default_factory=dict)
     attention: tuple[AttentionSpec, ...] = ()
+    depth: DepthSpec | None = None
 
     @classmethod
     def infer(
@@ -221,6 +229,11 @@ class Parametrization:
         overrides: Mapping[str, Override | str | Role | Mapping[str, Any]] | None = None,
         wd_policy: WeightDecayPolicy = "lr-scaled",
         attention: bool = True,
+        *,
+        depth: int | None = None,
+        base_depth: int | None = None,
+        alpha: float | None = 1.0,
+        branches: Sequence[str] | None = None,
     ) -> Parametrization:
         """Infer the spec of ``model`` against ``base`` (see
         :func:`mup2.parametrization.shapes.infer_shapes`).
@@ -240,11 +253,27 @@ class Parametrization:
         ``wd_policy``: ``"lr-scaled"`` (default) lets decoupled weight decay follow each tensor's
         μP learning rate, as torch's AdamW does with per-group LRs; ``"independent"`` divides the
         group's decay by its LR multiplier so that ``lr * weight_decay`` is the same for all.
+
+        Depth (``docs/math.md``, depth; :mod:`mup2.parametrization.depth`): the base may have
+        fewer (or more) blocks than the model; blocks are matched by their repeated structure
+        (``layers.N``, ``h.N``, ``blocks.N``). Against a base of another depth, or with
+        ``base_depth=`` (the base's number of blocks, when the base given is not that deep)
+        and ``depth=`` (the model's, checked), the parametrization is depth-aware: each block's
+        residual branch outputs (``branches``, block-relative module names; default: the model's
+        ``mup2_branches`` or the known ones) get the forward multiplier ``(L/L0)**-alpha``
+        (``alpha = 1``: CompleteP; ``1/2``: Depth-μP), and tensors get the scheme's depth rules
+        (:class:`~mup2.parametrization.schemes.DepthRule`: LR, Adam ``eps`` and weight-decay
+        multipliers). ``alpha=None``: width only (a base of another depth is matched, nothing
+        changes with depth).
         """
         if wd_policy not in ("lr-scaled", "independent"):
             raise ValueError(f"wd_policy must be 'lr-scaled' or 'independent', not {wd_policy!r}")
         scheme = get_scheme(scheme)
-        shapes = infer_shapes(model, base)
+        check_model(model)
+        dspec = infer_depth(
+            model, base, depth=depth, base_depth=base_depth, alpha=alpha, branches=branches
+        )
+        shapes = infer_shapes(model, _depth_base(model, base, dspec))
         owners = {
             normalize_name(o.name): o
             for _, _, os in named_parameters_with_owners(model)
@@ -278,7 +307,12 @@ class Parametrization:
             else:
                 w_shapes = (weight.base_shape, weight.shape) if weight else (None, None)
                 base_p = next(
-                    (base_values[n] for n in (name, *ts.aliases) if n in base_values), None
+                    (
+                        base_values[b]
+                        for n in (name, *ts.aliases)
+                        if (b := dspec.base_name(n) if dspec else n) in base_values
+                    ),
+                    None,
                 )
                 base_rule, cur_rule, source = _observed(
                     owner.module, owner.local, values[name], base_p, ts, w_shapes
@@ -298,6 +332,14 @@ class Parametrization:
             lr_mult = o.lr_mult
             if lr_mult is None:
                 lr_mult = scheme.lr_mult(ts.role, ts.m_in, ts.m_out)
+            d_mult, eps_mult, wd_mult = 1.0, 1.0, 1.0
+            if dspec is not None and dspec.stacks[0].branches and scheme.depth is not None:
+                d_mult = dspec.ratio(name)
+                rule_d = scheme.depth[ts.role]
+                args = (ts.m_in, ts.m_out, 1.0, d_mult, dspec.alpha)
+                if o.lr_mult is None:
+                    lr_mult *= rule_d.lr(*args)
+                eps_mult, wd_mult = rule_d.eps(*args), rule_d.wd(*args)
             scale = scheme.init_mult(ts.role, ts.m_in, ts.m_out)
             if scale is None:  # SP: the default init's own change with width
                 drawn = cur_rule.kind in ("uniform", "normal") and base_rule.value > 0
@@ -307,10 +349,12 @@ class Parametrization:
                 rule,
                 init_mult,
                 lr_mult,
-                1.0 if o.wd_mult is None else o.wd_mult,
+                wd_mult if o.wd_mult is None else o.wd_mult,
                 1.0 if o.rho_mult is None else o.rho_mult,
                 scale,
                 source,
+                eps_mult,
+                d_mult,
             )
         kept = [n for n, t in tensors.items() if t.init.kind == "keep"]
         if kept:
@@ -324,19 +368,26 @@ class Parametrization:
         specs: tuple[AttentionSpec, ...] = ()
         if attention:
             found, warns = find_attention(
-                model, base if isinstance(base, nn.Module) else None, scheme.attention
+                model,
+                base if isinstance(base, nn.Module) else None,
+                scheme.attention,
+                dspec.base_name if dspec is not None else None,
             )
             specs = tuple(found)
             for w in warns:
                 warnings.warn(w, stacklevel=2)
         widths = [t.shape.width for t in tensors.values() if t.shape.role is not Role.SCALAR]
+        mults = _tied_readouts(scheme, tensors)
+        if dspec is not None and scheme.depth is not None:
+            mults.update(dspec.branch_multipliers())
         return cls(
             scheme,
             tensors,
             mode(widths) if widths else 1.0,
             wd_policy,
-            _tied_readouts(scheme, tensors),
+            mults,
             specs,
+            dspec,
         )
 
     # -- applying ---------------------------------------------------------------------------
@@ -415,6 +466,8 @@ class Parametrization:
                 spec.rho_mult,
                 spec.weight_scale,
                 ts.norm,
+                spec.eps_mult,
+                spec.depth_mult,
             )
             if key not in groups:
                 g: dict[str, Any] = {
@@ -429,6 +482,9 @@ class Parametrization:
                     "weight_scale": spec.weight_scale,
                     "norm": ts.norm,
                 }
+                if self.depth is not None:  # depth-aware: Adam's eps multiplier, L/L0
+                    g["eps_mult"] = spec.eps_mult
+                    g["depth_mult"] = spec.depth_mult
                 if lr is not None:
                     g["lr"] = lr
                 if weight_decay is not None:
@@ -484,6 +540,9 @@ class Parametrization:
                     "norm": "yes" if ts.norm else "",
                 }
             )
+            if self.depth is not None:
+                out[-1]["L/L0"] = f"{spec.depth_mult:g}" if spec.depth_mult != 1.0 else ""
+                out[-1]["eps"] = f"x{spec.eps_mult:.3g}"
         return out
 
     def report(self, rule: str = "sam", scaling: str = "mup2", markdown: bool = False) -> str:
@@ -525,6 +584,8 @@ class Parametrization:
                         f"(m_in {ts.m_out:g}); the tensor stays {ts.role.value}-like; {how}"
                     )
         lines += [f"attention: {a.module}: {a.note}" for a in self.attention]
+        if self.depth is not None:
+            lines.append(self.depth.describe())
         kept = [n for n, t in self.tensors.items() if t.init.kind == "keep"]
         if kept:
             lines.append(
@@ -541,6 +602,7 @@ class Parametrization:
             "tensors": {n: t.to_dict() for n, t in self.tensors.items()},
             "forward_mults": dict(self.forward_mults),
             "attention": [a.to_dict() for a in self.attention],
+            "depth": None if self.depth is None else self.depth.to_dict(),
         }
 
     @classmethod
@@ -552,7 +614,35 @@ class Parametrization:
             d["wd_policy"],
             {str(k): float(v) for k, v in d.get("forward_mults", {}).items()},
             tuple(AttentionSpec.from_dict(a) for a in d.get("attention", ())),
+            None if d.get("depth") is None else DepthSpec.from_dict(d["depth"]),
         )
+
+
+def _depth_base(model: nn.Module, base: BaseSpec, dspec: DepthSpec | None) -> BaseSpec:
+    """The base as :func:`infer_shapes` takes it: against a base of another depth, a mapping
+    giving each of the model's tensors the shape of the base tensor it is matched with. Refuses
+    a base whose depth differs in blocks that no stack explains."""
+    if not isinstance(base, nn.Module | Mapping):
+        return base
+    base_shapes = (
+        {normalize_name(n): tuple(p.shape) for n, p in _all_params(base).items()}
+        if isinstance(base, nn.Module)
+        else {normalize_name(n): tuple(int(x) for x in s) for n, s in base.items()}
+    )
+    names = list(_all_params(model))
+    if dspec is None:
+        problem = depth_mismatch(names, list(base_shapes))
+        if problem:
+            raise ShapeError(problem)
+        return base
+    mapped: dict[str, tuple[int, ...]] = {}
+    for n in names:
+        b = dspec.base_name(n)
+        if b in base_shapes:
+            mapped[n] = base_shapes[b]
+    stacked = {n for n in base_shapes if dspec.stack_of(n) is not None}
+    mapped.update({n: s for n, s in base_shapes.items() if n not in stacked and n not in mapped})
+    return mapped
 
 
 def _tied_readouts(scheme: Scheme, tensors: Mapping[str, TensorSpec]) -> dict[str, float]:

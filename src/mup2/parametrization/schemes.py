@@ -8,17 +8,21 @@ to the base model, so at base width every scheme is the base model. The perturba
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mup2.errors import shown
 from mup2.roles import Power, Role
 
 __all__ = [
+    "ADAM_DEPTH",
+    "MUON_DEPTH",
     "MUP_ADAM",
     "MUP_MUON",
     "MUP_SGD",
     "SCHEMES",
+    "SGD_DEPTH",
     "SP",
+    "DepthRule",
     "RoleRule",
     "Scheme",
     "get_scheme",
@@ -38,6 +42,19 @@ class RoleRule:
 
 
 @dataclass(frozen=True)
+class DepthRule:
+    """What a depth-aware parametrization (CompleteP, ``docs/math.md``, depth) adds for one role:
+    multipliers of the LR, of Adam's ``eps`` and of the weight decay, each a :class:`Power` of
+    the fans and of ``D = L/L0`` (1 outside the residual blocks) with the branch exponent
+    ``alpha``. They apply only when the model is parametrized against a base of another depth
+    (or with ``base_depth=``); the width parts of ``eps`` and weight decay with them."""
+
+    lr: Power = field(default_factory=Power)
+    eps: Power = field(default_factory=Power)
+    wd: Power = field(default_factory=Power)
+
+
+@dataclass(frozen=True)
 class Scheme:
     """A named parametrization: one :class:`RoleRule` per role, plus two forward-pass rules.
 
@@ -47,6 +64,8 @@ class Scheme:
     dimension ``d`` grows (μP: ``a = 1``, i.e. ``1/d_head``; ``None``: the model as built).
     ``like``: the optimizer kind whose updates the LR multipliers fit (``"sgd"``, ``"adam"``,
     ``"muon"``; ``None``: any, as SP), matched against :class:`mup2.optim.Family` ``.like``.
+    ``depth``: the :class:`DepthRule` per role applied against a base of another depth
+    (``None``: the scheme has none, as SP).
     """
 
     name: str
@@ -55,6 +74,7 @@ class Scheme:
     tied_readout: Power | None = None
     attention: float | None = None
     like: str | None = None
+    depth: Mapping[Role, DepthRule] | None = None
 
     def init_mult(self, role: Role, m_in: float, m_out: float) -> float | None:
         rule = self.roles[role].init
@@ -74,6 +94,43 @@ _MUP_INIT = {
     Role.SCALAR: _ONE,
 }
 
+# Depth (``docs/math.md``, depth): each block's branch is multiplied by D^-a (D = L/L0). Inside a
+# block a normalized update (Adam, Muon) moves the branch's features by its LR, a gradient step
+# (SGD) by LR x D^-a; the blocks' summed contribution to the residual stream stays Θ(1) when
+# the features move by D^(a-1): Adam LR x D^(a-1), SGD LR x D^(2a-1). Adam's eps follows the
+# gradient's size (1/m_in for hidden matrices, D^-a in the blocks); weight decay keeps
+# lr x wd fixed (CompleteP: x m_in for hidden matrices under Adam).
+_IN_BLOCK_ADAM = DepthRule(
+    lr=Power(depth=-1.0, alpha=1.0),
+    eps=Power(alpha=-1.0),
+    wd=Power(depth=1.0, alpha=-1.0),
+)
+ADAM_DEPTH: dict[Role, DepthRule] = {
+    Role.INPUT: _IN_BLOCK_ADAM,  # in a block: biases and norm gains
+    Role.HIDDEN: DepthRule(
+        lr=Power(depth=-1.0, alpha=1.0),
+        eps=Power(in_=-1.0, alpha=-1.0),
+        wd=Power(in_=1.0, depth=1.0, alpha=-1.0),
+    ),
+    Role.OUTPUT: DepthRule(),  # the readout is outside the blocks
+    Role.SCALAR: _IN_BLOCK_ADAM,
+}
+_IN_BLOCK_SGD = DepthRule(lr=Power(depth=-1.0, alpha=2.0), wd=Power(depth=1.0, alpha=-2.0))
+SGD_DEPTH: dict[Role, DepthRule] = {
+    Role.INPUT: _IN_BLOCK_SGD,
+    Role.HIDDEN: _IN_BLOCK_SGD,
+    Role.OUTPUT: DepthRule(),
+    Role.SCALAR: _IN_BLOCK_SGD,
+}
+#: Muon's hidden matrices: a normalized update (Adam's depth LR); its ``eps`` is Newton-Schulz's
+#: (no multiplier); decay x m_in^1/2 keeps lr x wd fixed under its m_in^-1/2 LR.
+MUON_DEPTH: dict[Role, DepthRule] = {
+    **ADAM_DEPTH,
+    Role.HIDDEN: DepthRule(
+        lr=Power(depth=-1.0, alpha=1.0), wd=Power(in_=0.5, depth=1.0, alpha=-1.0)
+    ),
+}
+
 SP = Scheme(
     "sp",
     {role: RoleRule(init=None, lr=_ONE) for role in Role},
@@ -86,6 +143,7 @@ MUP_SGD = Scheme(
     tied_readout=Power(in_=-1.0),
     attention=1.0,
     like="sgd",
+    depth=SGD_DEPTH,
 )
 MUP_ADAM = Scheme(
     "mup-adam",
@@ -94,6 +152,7 @@ MUP_ADAM = Scheme(
     tied_readout=Power(in_=-1.0),
     attention=1.0,
     like="adam",
+    depth=ADAM_DEPTH,
 )
 #: μP for :class:`mup2.optim.MuonAdamW`: Muon's hidden matrices follow the spectral condition
 #: under ``adjust_lr_fn="match_rms_adamw"`` (``lr x m^-1/2``, see :mod:`mup2.optim.muon`), the
@@ -111,6 +170,7 @@ MUP_MUON = Scheme(
     tied_readout=Power(in_=-1.0),
     attention=1.0,
     like="muon",
+    depth=MUON_DEPTH,
 )
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (SP, MUP_SGD, MUP_ADAM, MUP_MUON)}

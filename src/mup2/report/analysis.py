@@ -1,6 +1,8 @@
 """From finished runs to Figure 1's numbers: per-cell statistics over seeds, the optimum
-``(η*, ρ*)`` per parametrization and width, the region within 1% of it, and the transfer verdict
-(``docs/math.md`` §7)."""
+``(η*, ρ*)`` per parametrization and width, the region near it, and the transfer verdict
+(``docs/math.md`` §7), for the sweep's metric and direction (:class:`~mup2.report.metric.Metric`:
+the best cell is the highest or the lowest; tolerances are absolute for an accuracy, relative
+otherwise)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mup2.report.load import Run, Sweep
+from mup2.report.load import ReportError, Run, Sweep
+from mup2.report.metric import Metric
 
 __all__ = [
     "Analysis",
@@ -65,31 +68,34 @@ def t95(df: int) -> float:
 
 @dataclass(frozen=True)
 class Cell:
-    """One grid point ``(width, η, ρ)`` of a parametrization: its finished seeds' accuracies."""
+    """One grid point ``(width, η, ρ)`` of a parametrization: its finished seeds' values of the
+    sweep's metric."""
 
     width: int
     lr: float
     rho: float
-    accuracies: tuple[float, ...]
-    """The finished seeds' final test accuracies (diverged runs count as their value, 0)."""
+    values: tuple[float, ...]
+    """The finished seeds' final values of the metric, by seed (a diverged run counts as
+    :attr:`Metric.diverged <mup2.report.metric.Metric.diverged>`: 0 for an accuracy, else the
+    worst value, ``∓inf``)."""
     unstable_runs: int
     planned: int
     """Distinct seeds of this cell's grid trials in any state (the seeds asked for)."""
     unstable: bool
-    """Mean below the threshold, or at least half of the seeds unstable."""
+    """Mean past the threshold (or not finite), or at least half of the seeds unstable."""
 
     @property
     def n(self) -> int:
-        return len(self.accuracies)
+        return len(self.values)
 
     @property
     def missing(self) -> bool:
         """No finished seed yet."""
-        return not self.accuracies
+        return not self.values
 
     @property
     def mean(self) -> float:
-        return sum(self.accuracies) / self.n if self.accuracies else math.nan
+        return sum(self.values) / self.n if self.values else math.nan
 
     @property
     def std(self) -> float:
@@ -97,7 +103,7 @@ class Cell:
         if self.n < 2:
             return math.nan
         m = self.mean
-        return math.sqrt(sum((a - m) ** 2 for a in self.accuracies) / (self.n - 1))
+        return math.sqrt(sum((a - m) ** 2 for a in self.values) / (self.n - 1))
 
     @property
     def spread(self) -> float:
@@ -171,7 +177,7 @@ class Optimum:
     """The base optimizer (ρ = 0) at the same η, when it finished and the optimum is a SAM cell."""
     region: tuple[Cell, ...]
     """Finished cells of this width (any ρ, the ρ = 0 row included) within ``within`` of the
-    optimum's mean accuracy."""
+    optimum's mean (:meth:`Metric.near <mup2.report.metric.Metric.near>`)."""
     best_base: Cell | None = None
     """The best stable ρ = 0 cell of this width (the base optimizer at its own best η)."""
     edges: tuple[str, ...] = ()
@@ -191,7 +197,8 @@ class Optimum:
         return self.cell.rho
 
     @property
-    def accuracy(self) -> float:
+    def value(self) -> float:
+        """The optimum's mean value of the metric."""
         return self.cell.mean
 
 
@@ -204,9 +211,10 @@ class Transfer:
     ``docs/math.md``).
 
     Holds when, over all widths with an optimum, ``η*`` and ``ρ*`` each stay within ``max_steps``
-    grid steps (largest minus smallest grid index) and the optimum's accuracy at the largest
-    width is at least that at the smallest minus ``tolerance``. ``n/a`` with fewer than two
-    widths, or when some width has no stable cell.
+    grid steps (largest minus smallest grid index) and the optimum's value at the largest width
+    is no worse than that at the smallest by more than ``tolerance`` (absolute for an accuracy:
+    points; otherwise relative to the smallest width's value: ``0.01`` is 1%). ``n/a`` with fewer
+    than two widths, or when some width has no stable cell.
     """
 
     parametrization: str
@@ -214,8 +222,8 @@ class Transfer:
     widths: tuple[int, ...]
     lr_steps: int
     rho_steps: int
-    accuracy_change: float
-    """Accuracy at the optimum, largest width minus smallest (``nan`` with one width)."""
+    change: float
+    """The metric at the optimum, largest width minus smallest (``nan`` with one width)."""
     reason: str
     provisional: bool
     """Some planned cells have not finished: the verdict may change."""
@@ -223,14 +231,29 @@ class Transfer:
 
 @dataclass(frozen=True)
 class Analysis:
+    """Everything the report shows, for the options it was computed with (:func:`analyze`)."""
+
     sweep: Sweep
-    unstable_below: float
+    unstable_below: float | None
+    """Runs of a maximized metric below this count as unstable (``None``: no threshold)."""
     within: float
     max_steps: int
     tolerance: float
     grids: Mapping[str, Grid]
     optima: Mapping[tuple[str, int], Optimum]
     transfers: Mapping[str, Transfer]
+    unstable_above: float | None = None
+    """Runs of a minimized metric above this count as unstable (``None``: no threshold)."""
+
+    @property
+    def metric(self) -> Metric:
+        """The sweep's objective metric and direction."""
+        return self.sweep.metric
+
+    @property
+    def threshold(self) -> float | None:
+        """The unstable threshold on the metric's bad side (below or above)."""
+        return self.unstable_below if self.metric.maximize else self.unstable_above
 
     def optimum(self, parametrization: str, width: int) -> Optimum | None:
         return self.optima.get((parametrization, width))
@@ -266,7 +289,15 @@ def _runs(sweep: Sweep, p: str) -> tuple[list[Run], tuple[str, ...]]:
     return own + shared, found
 
 
-def _grid(p: str, runs: list[Run], below: float, base_from: tuple[str, ...] = ()) -> Grid:
+def _unstable(r: Run, m: Metric, threshold: float | None) -> bool:
+    """Diverged, no finite value, or past ``threshold``."""
+    v = m.score(r.value)
+    return r.status == "unstable" or not math.isfinite(v) or m.worse(v, threshold)
+
+
+def _grid(
+    p: str, runs: list[Run], m: Metric, threshold: float | None, base_from: tuple[str, ...] = ()
+) -> Grid:
     seeds: dict[tuple[int, float, float], set[int]] = {}
     done: dict[tuple[int, float, float], dict[int, Run]] = {}
     for r in sorted(runs, key=lambda r: r.number):
@@ -279,11 +310,12 @@ def _grid(p: str, runs: list[Run], below: float, base_from: tuple[str, ...] = ()
     cells: dict[tuple[int, float, float], Cell] = {}
     for key, planned in seeds.items():
         finished = [r for _, r in sorted(done.get(key, {}).items())]
-        accs = tuple(r.accuracy for r in finished)
-        bad = sum(r.unstable(below) for r in finished)
-        mean = sum(accs) / len(accs) if accs else math.nan
-        unstable = bool(accs) and (mean < below or 2 * bad >= len(accs))
-        cells[key] = Cell(*key, accs, bad, len(planned), unstable)
+        vals = tuple(m.score(r.value) for r in finished)
+        bad = sum(_unstable(r, m, threshold) for r in finished)
+        mean = sum(vals) / len(vals) if vals else math.nan
+        past = not math.isfinite(mean) or m.worse(mean, threshold)
+        unstable = bool(vals) and (past or 2 * bad >= len(vals))
+        cells[key] = Cell(*key, vals, bad, len(planned), unstable)
     return Grid(
         parametrization=p,
         widths=tuple(sorted({k[0] for k in cells})),
@@ -294,18 +326,18 @@ def _grid(p: str, runs: list[Run], below: float, base_from: tuple[str, ...] = ()
     )
 
 
-def _optimum(g: Grid, width: int, within: float) -> Optimum | None:
+def _optimum(g: Grid, width: int, within: float, m: Metric) -> Optimum | None:
     done = [c for c in g.cells.values() if c.width == width and not c.missing]
     pool = [c for c in done if c.rho > 0] or done
     pool = [c for c in pool if not c.unstable] or pool  # all unstable: the best of them
     if not pool:
         return None
-    best = max(sorted(pool, key=lambda c: (c.lr, c.rho)), key=lambda c: c.mean)  # first on ties
+    best = _best(sorted(pool, key=lambda c: (c.lr, c.rho)), m)
     base = g.cell(width, best.lr, 0.0) if best.rho > 0 else None
-    region = tuple(c for c in done if c.mean >= best.mean - within)
+    region = tuple(c for c in done if m.near(c.mean, best.mean, within))
     bases = [c for c in done if c.rho == 0]
     bases = [c for c in bases if not c.unstable] or bases
-    best_base = max(sorted(bases, key=lambda c: c.lr), key=lambda c: c.mean) if bases else None
+    best_base = _best(sorted(bases, key=lambda c: c.lr), m) if bases else None
     return Optimum(
         g.parametrization,
         best,
@@ -314,6 +346,11 @@ def _optimum(g: Grid, width: int, within: float) -> Optimum | None:
         best_base,
         _edges(g, best),
     )
+
+
+def _best(cells: list[Cell], m: Metric) -> Cell:
+    """The best mean (the first on ties)."""
+    return max(cells, key=lambda c: c.mean) if m.maximize else min(cells, key=lambda c: c.mean)
 
 
 def _edges(g: Grid, c: Cell) -> tuple[str, ...]:
@@ -331,7 +368,9 @@ def _edges(g: Grid, c: Cell) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _transfer(g: Grid, optima: list[Optimum], max_steps: int, tolerance: float) -> Transfer:
+def _transfer(
+    g: Grid, optima: list[Optimum], max_steps: int, tolerance: float, m: Metric
+) -> Transfer:
     ws = tuple(o.width for o in optima)
     provisional = g.missing() > 0
     if len(optima) < 2:
@@ -345,19 +384,31 @@ def _transfer(g: Grid, optima: list[Optimum], max_steps: int, tolerance: float) 
     rhos = g.sam_rhos if all(o.rho > 0 for o in optima) else g.rhos
     ri = [rhos.index(o.rho) if o.rho in rhos else 0 for o in optima]
     lr_steps, rho_steps = max(li) - min(li), max(ri) - min(ri)
-    change = optima[-1].accuracy - optima[0].accuracy
+    first = optima[0].value
+    change = optima[-1].value - first
     fails = []
     if lr_steps > max_steps:
         fails.append(f"η* moves {lr_steps} grid steps")
     if rho_steps > max_steps:
         fails.append(f"ρ* moves {rho_steps} grid steps")
-    if change < -tolerance:
+    if m.percent and change < -tolerance:
         fails.append(f"accuracy at the optimum drops {-100 * change:.2f} points")
+    elif not m.percent and not m.near(optima[-1].value, first, tolerance):
+        rel = abs(change / first) if first else math.inf
+        fails.append(
+            f"{m.name} at the optimum worsens by {abs(change):.4g} ({100 * rel:.2f}%), more "
+            f"than {m.fmt_tolerance(tolerance)}"
+        )
     if fails:
         reason = "; ".join(fails)
-    else:
+    elif m.percent:
         reason = (
             f"η* moves {lr_steps}, ρ* {rho_steps} grid step(s); accuracy {100 * change:+.2f} points"
+        )
+    else:
+        reason = (
+            f"η* moves {lr_steps}, ρ* {rho_steps} grid step(s); "
+            f"{m.name} {m.fmt_change(change, first)}"
         )
     verdict: Verdict = "fails" if fails else "holds"
     return Transfer(
@@ -365,27 +416,74 @@ def _transfer(g: Grid, optima: list[Optimum], max_steps: int, tolerance: float) 
     )
 
 
+def _check_threshold(m: Metric, below: float | None, above: float | None) -> None:
+    """A threshold on the metric's bad side, and for an accuracy a fraction."""
+    right, given = ("below", below) if m.maximize else ("above", above)
+    wrong = "above" if m.maximize else "below"
+    if (above if m.maximize else below) is not None:
+        raise ReportError(
+            f"the sweep {m.direction}s {m.name}: a run is unstable {right} a threshold, not "
+            f"{wrong} it; give --unstable-{right} (unstable_{right}=), not --unstable-{wrong}"
+        )
+    if m.percent and given is not None and not 0.0 <= given <= 1.0:
+        raise ReportError(
+            f"unstable_{right} {given:g} is not in [0, 1]: {m.name} is a fraction "
+            "(0.3 is 30%); give --unstable-" + right + " between 0 and 1"
+        )
+
+
 def analyze(
     sweep: Sweep,
-    unstable_below: float = 0.30,
-    within: float = 0.01,
+    unstable_below: float | None = None,
+    within: float | None = None,
     max_steps: int = 1,
-    tolerance: float = 0.005,
+    tolerance: float | None = None,
+    *,
+    unstable_above: float | None = None,
 ) -> Analysis:
-    """Cells, optima and transfer verdicts of every parametrization of ``sweep``.
+    """Cells, optima and transfer verdicts of every parametrization of ``sweep``, for its metric
+    (:attr:`Sweep.metric <mup2.report.load.Sweep.metric>`) and direction.
 
-    ``unstable_below``: runs under this accuracy (or diverged) are unstable; ``within``: the
-    outlined region's distance to the optimum (absolute accuracy); ``max_steps`` and
-    ``tolerance``: the transfer criterion (:class:`Transfer`).
+    ``unstable_below`` (a maximized metric) or ``unstable_above`` (a minimized one): runs past
+    it, or diverged, are unstable; by default 0.30 for the built-in test accuracy, no threshold
+    for other metrics (only diverged runs). ``within``: the outlined region's distance to the
+    optimum; ``max_steps`` and ``tolerance``: the transfer criterion (:class:`Transfer`).
+    ``within`` and ``tolerance`` are absolute for an accuracy (default 0.01 and 0.005: 1 and
+    0.5 points) and relative to the optimum's value otherwise (default 0.01 and 0.01: 1%).
+
+    Raises :class:`~mup2.report.load.ReportError` for a threshold on the metric's good side
+    (``unstable_below`` for a minimized metric, ``unstable_above`` for a maximized one), or
+    outside [0, 1] for an accuracy.
     """
+    m = sweep.metric
+    _check_threshold(m, unstable_below, unstable_above)
+    if m.maximize and unstable_below is None:
+        unstable_below = m.unstable_default
+    if not m.maximize and unstable_above is None:
+        unstable_above = m.unstable_default
+    threshold = unstable_below if m.maximize else unstable_above
+    if within is None:
+        within = 0.01
+    if tolerance is None:
+        tolerance = 0.005 if m.percent else 0.01
     grids: dict[str, Grid] = {}
     for p in sweep.parametrizations:
         runs, shared = _runs(sweep, p)
-        grids[p] = _grid(p, runs, unstable_below, shared)
+        grids[p] = _grid(p, runs, m, threshold, shared)
     optima: dict[tuple[str, int], Optimum] = {}
     transfers: dict[str, Transfer] = {}
     for p, g in grids.items():
-        found = [o for w in g.widths if (o := _optimum(g, w, within)) is not None]
+        found = [o for w in g.widths if (o := _optimum(g, w, within, m)) is not None]
         optima.update({(p, o.width): o for o in found})
-        transfers[p] = _transfer(g, found, max_steps, tolerance)
-    return Analysis(sweep, unstable_below, within, max_steps, tolerance, grids, optima, transfers)
+        transfers[p] = _transfer(g, found, max_steps, tolerance, m)
+    return Analysis(
+        sweep,
+        unstable_below,
+        within,
+        max_steps,
+        tolerance,
+        grids,
+        optima,
+        transfers,
+        unstable_above,
+    )

@@ -1,5 +1,7 @@
 """The report's figures (matplotlib, Agg backend): Figure 1's heatmaps, the slice over ρ at the
-optimal η, and the optima against width."""
+optimal η, the optima against width and the learning curves at the optima, for the sweep's
+metric: a minimized one (a loss) gets a reversed colour scale, so that the best cells are the
+brightest either way."""
 
 from __future__ import annotations
 
@@ -11,8 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from mup2.report.analysis import Analysis, Cell, Grid, Optimum
+from mup2.report.metric import Metric
 
-__all__ = ["COLORS", "plot_figure1", "plot_rho_slice", "plot_transfer", "slug"]
+__all__ = [
+    "COLORS",
+    "cmap_name",
+    "plot_curves",
+    "plot_figure1",
+    "plot_rho_slice",
+    "plot_transfer",
+    "slug",
+]
 
 COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#999999")
 """Okabe–Ito colours, one per parametrization in the sweep's order."""
@@ -25,6 +36,7 @@ _UNSTABLE: dict[str, Any] = {
 }
 _MISSING = "#f2f2f2"
 _SPAN = 0.30
+_SPAN_RELATIVE = 0.5  # a metric other than an accuracy: at most 50% of the best's magnitude
 _RC: Any = {  # matplotlib types rc keys as a Literal
     "font.family": "DejaVu Sans",
     "font.size": 8,
@@ -82,26 +94,64 @@ def _percent() -> Any:
     return PercentFormatter(xmax=1.0)
 
 
+def _format_axis(axis: Any, m: Metric) -> None:
+    """Percent ticks for an accuracy; matplotlib's own otherwise."""
+    if m.percent:
+        axis.set_major_formatter(_percent())
+
+
+def _title(m: Metric) -> str:
+    return m.label[:1].upper() + m.label[1:]
+
+
+def cmap_name(m: Metric) -> str:
+    """Figure 1's colour map: viridis (bright is high) for a maximized metric, reversed for a
+    minimized one, so that bright is best either way."""
+    return "viridis" if m.maximize else "viridis_r"
+
+
 def _color(a: Analysis, p: str) -> str:
     return COLORS[a.sweep.parametrizations.index(p) % len(COLORS)]
 
 
 def _norm(a: Analysis) -> Any:
-    """One colour scale for every panel: the stable cells' range, at most ``_SPAN`` wide below
-    the best (lower cells take the lowest colour; their numbers still show)."""
+    """One colour scale for every panel: the stable cells' range, at most ``_SPAN`` wide (an
+    accuracy) or ``_SPAN_RELATIVE`` of the best's magnitude (another metric) from the best;
+    worse cells take the worst colour, and their numbers still show."""
     from matplotlib.colors import Normalize
 
+    m = a.metric
     means = [
         c.mean
         for g in a.grids.values()
         for c in g.cells.values()
         if not c.missing and not c.unstable
     ]
-    lo, hi = (min(means), max(means)) if means else (a.unstable_below, 1.0)
-    lo = max(lo, hi - _SPAN)
-    if hi - lo < 1e-3:
-        lo, hi = lo - 0.005, hi + 0.005
+    if m.percent:
+        lo, hi = (min(means), max(means)) if means else (a.unstable_below or 0.0, 1.0)
+        lo = max(lo, hi - _SPAN)
+        if hi - lo < 1e-3:
+            lo, hi = lo - 0.005, hi + 0.005
+        return Normalize(vmin=lo, vmax=hi)
+    lo, hi = (min(means), max(means)) if means else (0.0, 1.0)
+    span = _SPAN_RELATIVE * abs(hi if m.maximize else lo)
+    if span > 0:
+        lo, hi = (max(lo, hi - span), hi) if m.maximize else (lo, min(hi, lo + span))
+    if hi - lo <= 1e-9 * max(1.0, abs(hi)):
+        pad = 0.005 * max(1.0, abs(hi))
+        lo, hi = lo - pad, hi + pad
     return Normalize(vmin=lo, vmax=hi)
+
+
+def _clipped(a: Analysis, ps: Sequence[str], norm: Any) -> bool:
+    """Whether a stable cell lies past the colour scale's worse end."""
+    m = a.metric
+    return any(
+        (c.mean < norm.vmin if m.maximize else c.mean > norm.vmax)
+        for p in ps
+        for c in a.grids[p].cells.values()
+        if not c.missing and not c.unstable
+    )
 
 
 def _outline(region: set[tuple[int, int]]) -> list[list[tuple[float, float]]]:
@@ -120,10 +170,13 @@ def _outline(region: set[tuple[int, int]]) -> list[list[tuple[float, float]]]:
     return segs
 
 
-def _cell_value(ax: Any, i: int, j: int, value: float, is_best: bool, **style: Any) -> None:
-    """A cell's accuracy in percent, lifted above the optimum's star."""
+def _cell_value(
+    ax: Any, m: Metric, i: int, j: int, value: float, is_best: bool, **style: Any
+) -> None:
+    """A cell's value (an accuracy in percent), lifted above the optimum's star."""
     y = j - 0.2 if is_best else j
-    ax.text(i, y, f"{100 * value:.1f}", ha="center", va="center", fontsize=5.5, **style)
+    text = f"{100 * value:.1f}" if m.percent else f"{value:.3g}"
+    ax.text(i, y, text, ha="center", va="center", fontsize=5.5, **style)
 
 
 def _heatmap(ax: Any, a: Analysis, g: Grid, width: int, norm: Any, cmap: Any) -> None:
@@ -148,6 +201,7 @@ def _heatmap(ax: Any, a: Analysis, g: Grid, width: int, norm: Any, cmap: Any) ->
         z, origin="lower", cmap=cmap, norm=norm, extent=ext, aspect="auto", interpolation="nearest"
     )
     annotate = nx <= 8 and ny <= 8
+    m = a.metric
     o = a.optimum(g.parametrization, width)
     best = (g.lrs.index(o.lr), g.rhos.index(o.rho)) if o is not None else None
     for (i, j), c in cells.items():
@@ -155,14 +209,16 @@ def _heatmap(ax: Any, a: Analysis, g: Grid, width: int, norm: Any, cmap: Any) ->
             ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=_MISSING, linewidth=0))
         elif c.unstable:
             ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, **_UNSTABLE))
-            if annotate and c.mean > 0:  # diverged everywhere (0) stays blank
+            shown = c.mean > 0 if m.percent else math.isfinite(c.mean)
+            if annotate and shown:  # diverged everywhere (0), or any seed (±inf): blank
                 bbox = {"facecolor": "#cfcfcf", "edgecolor": "none", "pad": 0.6}
-                _cell_value(ax, i, j, c.mean, (i, j) == best, color="#444444", bbox=bbox)
+                _cell_value(ax, m, i, j, c.mean, (i, j) == best, color="#444444", bbox=bbox)
         elif annotate:
             r, gr, b, _ = cmap(norm(c.mean))
             dark = 0.299 * r + 0.587 * gr + 0.114 * b < 0.5
             _cell_value(
                 ax,
+                m,
                 i,
                 j,
                 c.mean,
@@ -202,7 +258,7 @@ def _legend_handles(a: Analysis, ps: Sequence[str]) -> list[Any]:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    pts = 100 * a.within
+    m = a.metric
     cells = [c for p in ps for c in a.grids[p].cells.values()]
     handles = [
         Line2D(
@@ -212,12 +268,11 @@ def _legend_handles(a: Analysis, ps: Sequence[str]) -> list[Any]:
             facecolor="none",
             edgecolor="black",
             linewidth=1.4,
-            label=f"within {pts:g} point{'' if pts == 1 else 's'} of the optimum",
+            label=f"within {m.fmt_tolerance(a.within)} of the optimum",
         ),
     ]
     if any(c.unstable for c in cells):
-        below = 100 * a.unstable_below
-        handles.append(Patch(**_UNSTABLE, label=f"unstable (< {below:g}% or diverged)"))
+        handles.append(Patch(**_UNSTABLE, label=f"unstable ({_past(a)}diverged)"))
     if any(c.missing for c in cells):
         handles.append(
             Patch(facecolor=_MISSING, edgecolor="#bbbbbb", linewidth=0.5, label="not finished")
@@ -225,15 +280,26 @@ def _legend_handles(a: Analysis, ps: Sequence[str]) -> list[Any]:
     return handles
 
 
+def _past(a: Analysis) -> str:
+    """``< 30% or `` / ``> 2.5 or ``: the unstable threshold for a legend, empty without one."""
+    m, t = a.metric, a.threshold
+    if t is None:
+        return ""
+    value = f"{100 * t:g}%" if m.percent else f"{t:.4g}"
+    return f"{'<' if m.maximize else '>'} {value} or "
+
+
 def plot_figure1(a: Analysis, path: Path, parametrizations: Sequence[str] | None = None) -> Path:
-    """Heatmaps of mean test accuracy over (log2 η, log2 ρ): one row per parametrization, one
-    column per width, one colour scale for all panels."""
+    """Heatmaps of the metric's mean over (log2 η, log2 ρ): one row per parametrization, one
+    column per width, one colour scale for all panels (reversed for a minimized metric: the
+    best cells are bright either way)."""
     ps = list(parametrizations or a.sweep.parametrizations)
     widths = sorted({w for p in ps for w in a.grids[p].widths})
     if not ps or not widths:
         raise ValueError("nothing to plot: no grid trials")
     with _pyplot() as plt:
-        cmap = plt.get_cmap("viridis").copy()
+        m = a.metric
+        cmap = plt.get_cmap(cmap_name(m)).copy()
         norm = _norm(a)
         nr, nc = len(ps), len(widths)
         fig, axes = plt.subplots(
@@ -267,28 +333,23 @@ def plot_figure1(a: Analysis, path: Path, parametrizations: Sequence[str] | None
                     ax.set_xlabel("log$_2$ η")
         from matplotlib.cm import ScalarMappable
 
-        clipped = any(
-            c.mean < norm.vmin
-            for p in ps
-            for c in a.grids[p].cells.values()
-            if not c.missing and not c.unstable
-        )
+        clipped = _clipped(a, ps, norm)
         cb = fig.colorbar(
             ScalarMappable(norm=norm, cmap=cmap),
-            extend="min" if clipped else "neither",
+            extend=("min" if m.maximize else "max") if clipped else "neither",
             ax=axes,
             shrink=0.9 if nr == 1 else 0.75,
             aspect=25,
             pad=0.015,
         )
-        cb.set_label("test accuracy, mean over seeds")
-        cb.ax.yaxis.set_major_formatter(_percent())
+        cb.set_label(f"{m.label}, mean over seeds")
+        _format_axis(cb.ax.yaxis, m)
         cb.ax.tick_params(labelsize=7)
         handles = _legend_handles(a, ps)
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles))
         title = a.sweep.name or a.sweep.study
         which = f"{ps[0]}, " if nr == 1 else ""
-        fig.suptitle(f"Test accuracy over (η, ρ): {which}{title}", fontsize=10)
+        fig.suptitle(f"{_title(m)} over (η, ρ): {which}{title}", fontsize=10)
         return _save(fig, path)
 
 
@@ -303,11 +364,12 @@ def _two_sd(c: Cell) -> float:
 
 
 def plot_rho_slice(a: Analysis, path: Path) -> Path:
-    """Test accuracy against ρ at each parametrization's optimal η at its largest width: mean and
+    """The metric against ρ at each parametrization's optimal η at its largest width: mean and
     ± 2 standard deviations over seeds (the paper's band), the base optimizer (ρ = 0, same η)
-    dashed in the same colour."""
+    dashed in the same colour. Points past the axis (unstable) show as triangles on its edge."""
     from matplotlib.lines import Line2D
 
+    m, t = a.metric, a.threshold
     with _pyplot() as plt:
         fig, ax = plt.subplots(figsize=(5.6, 3.4), layout="constrained")
         ax.spines[["top", "right"]].set_visible(False)
@@ -322,12 +384,17 @@ def plot_rho_slice(a: Analysis, path: Path) -> Path:
             v
             for _, o, cs in series
             for c in cs
-            if c.mean >= a.unstable_below
+            if math.isfinite(c.mean) and not m.worse(c.mean, t)
             for v in (c.mean - _two_sd(c), c.mean + _two_sd(c))
-        ] + [o.base.mean for _, o, _ in series if o.base is not None]
+            if math.isfinite(v)
+        ] + [o.base.mean for _, o, _ in series if o.base is not None and math.isfinite(o.base.mean)]
         lo, hi = (min(stable), max(stable)) if stable else (0.0, 1.0)
-        pad = 0.08 * (hi - lo) + 0.004 + max(0.0, 0.02 - (hi - lo)) / 2
-        lo, hi = max(0.0, lo - pad), min(1.0, hi + pad)
+        if m.percent:
+            pad = 0.08 * (hi - lo) + 0.004 + max(0.0, 0.02 - (hi - lo)) / 2
+            lo, hi = max(0.0, lo - pad), min(1.0, hi + pad)
+        else:
+            pad = 0.08 * (hi - lo) or 0.05 * abs(hi) or 0.5
+            lo, hi = lo - pad, hi + pad
         widths = {o.width for _, o, _ in series}
         for p, o, cs in series:
             col = _color(a, p)
@@ -350,6 +417,11 @@ def plot_rho_slice(a: Analysis, path: Path) -> Path:
                 ax.plot(
                     *zip(*low, strict=True), marker="v", ms=5, color=col, ls="none", clip_on=False
                 )
+            high = [(xi, hi) for xi, yi in zip(x, y, strict=True) if yi > hi]
+            if high:
+                ax.plot(
+                    *zip(*high, strict=True), marker="^", ms=5, color=col, ls="none", clip_on=False
+                )
             if o.base is not None:
                 ax.axhline(o.base.mean, color=col, ls="--", lw=1.1, alpha=0.9)
         ax.set_xscale("log", base=2)
@@ -359,11 +431,13 @@ def plot_rho_slice(a: Analysis, path: Path) -> Path:
             ax.set_xticks(rhos[::step], [_pow2(r) for r in rhos[::step]])
             ax.minorticks_off()
         ax.set_ylim(lo, hi)
-        if lo < a.unstable_below:
-            ax.axhspan(lo, a.unstable_below, color="#dddddd", alpha=0.6, lw=0, zorder=0)
+        if t is not None and m.maximize and lo < t:
+            ax.axhspan(lo, t, color="#dddddd", alpha=0.6, lw=0, zorder=0)
+        if t is not None and not m.maximize and hi > t:
+            ax.axhspan(t, hi, color="#dddddd", alpha=0.6, lw=0, zorder=0)
         ax.set_xlabel("perturbation radius ρ (log$_2$ scale)")
-        ax.set_ylabel("test accuracy")
-        ax.yaxis.set_major_formatter(_percent())
+        ax.set_ylabel(m.label)
+        _format_axis(ax.yaxis, m)
         ax.grid(alpha=0.25, lw=0.5)
         handles, _ = ax.get_legend_handles_labels()
         if any(o.base is not None for _, o, _ in series):
@@ -401,8 +475,9 @@ def plot_rho_slice(a: Analysis, path: Path) -> Path:
 
 
 def plot_transfer(a: Analysis, path: Path) -> Path:
-    """Optimal η, optimal ρ and the accuracy at the optimum against width, one line per
+    """Optimal η, optimal ρ and the metric at the optimum against width, one line per
     parametrization (slightly offset sideways so that equal optima stay visible)."""
+    m = a.metric
     with _pyplot() as plt:
         fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.0), layout="constrained")
         ps = a.sweep.parametrizations
@@ -422,7 +497,7 @@ def plot_transfer(a: Analysis, path: Path) -> Path:
             if sam:
                 axes[1].plot(*zip(*sam, strict=True), **kw)
             axes[2].errorbar(
-                x, [o.accuracy for o in found], yerr=[o.cell.spread for o in found], capsize=2, **kw
+                x, [o.value for o in found], yerr=[o.cell.spread for o in found], capsize=2, **kw
             )
         lrs = sorted({v for g in a.grids.values() for v in g.lrs})
         rhos = sorted({v for g in a.grids.values() for v in g.sam_rhos})
@@ -434,8 +509,8 @@ def plot_transfer(a: Analysis, path: Path) -> Path:
                 ax.set_ylim(vals[0] / 2**0.5, vals[-1] * 2**0.5)
             ax.minorticks_off()
             ax.set_ylabel(name)
-        axes[2].set_ylabel("test accuracy at the optimum")
-        axes[2].yaxis.set_major_formatter(_percent())
+        axes[2].set_ylabel(f"{m.label} at the optimum")
+        _format_axis(axes[2].yaxis, m)
         for ax in axes:
             ax.set_xscale("log", base=2)
             ax.set_xticks(widths, [str(w) for w in widths])
@@ -459,4 +534,69 @@ def plot_transfer(a: Analysis, path: Path) -> Path:
         )
         fig.legend(loc="outside lower center", ncol=min(len(ps), 5))
         fig.suptitle(f"Optima against width: {a.sweep.name or a.sweep.study}", fontsize=10)
+        return _save(fig, path)
+
+
+def _mean_curve(cell_runs: Sequence[Sequence[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """The mean over seeds at the steps every seed reported (a single seed's curve as it is)."""
+    common = set.intersection(*(set(x for x, _ in c) for c in cell_runs)) if cell_runs else set()
+    by_step = [dict(c) for c in cell_runs]
+    return [(x, sum(d[x] for d in by_step) / len(by_step)) for x in sorted(common)]
+
+
+def plot_curves(a: Analysis, path: Path) -> Path:
+    """The metric against step (or epoch) at the optimum of each width, the mean over the
+    optimum's seeds at the steps all of them reported: one panel per parametrization, one line
+    per width (darker is wider). From each trial's reports (:attr:`Run.curve
+    <mup2.report.load.Run.curve>`); a width whose optimum has no reports is left out."""
+    m = a.metric
+    ps = a.sweep.parametrizations
+    runs = [r for r in a.sweep.done if r.curve]
+    with _pyplot() as plt:
+        cmap = plt.get_cmap("viridis")
+        fig, axes = plt.subplots(
+            1, len(ps), figsize=(0.4 + 3.2 * len(ps), 3.0), squeeze=False, layout="constrained"
+        )
+        widths = a.widths
+        drawn = False
+        for ax, p in zip(axes[0], ps, strict=True):
+            for w in a.grids[p].widths:
+                o = a.optimum(p, w)
+                if o is None:
+                    continue
+                cell = [
+                    r.curve
+                    for r in runs
+                    if (r.parametrization, r.width, r.lr, r.rho) == (p, w, o.lr, o.rho)
+                ]
+                curve = _mean_curve(cell)
+                if not curve:
+                    continue
+                k = widths.index(w) / max(1, len(widths) - 1)
+                ax.plot(
+                    *zip(*curve, strict=True),
+                    color=cmap(0.85 - 0.75 * k),
+                    lw=1.4,
+                    label=f"width {w} (η* = {_pow2(o.lr)}, ρ* = {_pow2(o.rho) if o.rho else 0})",
+                )
+                drawn = True
+            ax.set_title(p)
+            ax.set_xlabel(a.sweep.curve_axis)
+            ax.set_ylabel(m.label)
+            _format_axis(ax.yaxis, m)
+            ax.grid(alpha=0.25, lw=0.5)
+            ax.spines[["top", "right"]].set_visible(False)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="best")
+        if not drawn:
+            axes[0][0].text(
+                0.5,
+                0.5,
+                "no reported curves",
+                ha="center",
+                va="center",
+                transform=axes[0][0].transAxes,
+            )
+        title = a.sweep.name or a.sweep.study
+        fig.suptitle(f"{_title(m)} at each width's optimum: {title}", fontsize=10)
         return _save(fig, path)

@@ -8,20 +8,27 @@ parameters it was given. That key is an Optuna implementation detail, not docume
 missing, the user attribute ``grid`` that the sweep sets on every trial it enqueues is used
 instead. Every trial is kept, whatever its state, so that the summary can count failed and
 pending ones; the analysis uses the finished grid trials (:attr:`Run.done`).
+
+The objective metric and its direction come from the study
+(:func:`~mup2.report.metric.sweep_metric`): a built-in sweep's value is the final test accuracy;
+a sweep around a user's function records its metric's name and direction in its config, each
+trial's returned metrics in the user attribute ``final`` and its reports in ``metrics`` (dicts
+with ``step`` or ``epoch`` and the metrics).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from mup2.errors import UserError
+from mup2.report.metric import TEST_ACCURACY, Metric, sweep_metric
 from mup2.sweep.grid import GRID_KEYS, GridPoint
 from mup2.sweep.store import redact
 
 __all__ = [
+    "BUILTIN_METRICS",
     "GRID_KEYS",
     "ReportError",
     "Run",
@@ -32,6 +39,8 @@ __all__ = [
 ]
 
 _GRID_TYPES: dict[str, Any] = get_type_hints(GridPoint)  # key -> str, int or float
+BUILTIN_METRICS = ("test_accuracy", "test_loss")
+"""The final metrics a built-in sweep records on each trial (user attributes of those names)."""
 
 
 class ReportError(UserError):
@@ -58,10 +67,14 @@ class Run:
     status: str | None
     """'ok' or 'unstable' (diverged), as the sweep recorded it."""
     value: float | None
-    """The trial's objective: the final test accuracy (0.0 when it diverged)."""
-    test_accuracy: float | None
-    test_loss: float | None
+    """The trial's objective: the sweep's metric (a built-in sweep's final test accuracy, 0.0
+    when it diverged; a user sweep's metric, ``-inf``/``+inf`` when it diverged)."""
     seconds: float | None
+    final: Mapping[str, float | None] = field(default_factory=dict)
+    """The final metrics by name (:data:`BUILTIN_METRICS` for a built-in sweep, the user
+    attribute ``final`` for a user sweep); ``None`` where one is missing or not a number."""
+    curve: tuple[tuple[float, float], ...] = ()
+    """``(step, objective metric)`` of each report that has both, in order."""
 
     @property
     def grid(self) -> bool:
@@ -74,14 +87,12 @@ class Run:
         return self.grid and self.state == "COMPLETE" and self.value is not None
 
     @property
-    def accuracy(self) -> float:
-        """The value as an accuracy; a missing or non-finite value counts as 0 (diverged)."""
-        v = self.value
-        return v if v is not None and math.isfinite(v) else 0.0
+    def test_accuracy(self) -> float | None:
+        return self.final.get("test_accuracy")
 
-    def unstable(self, below: float) -> bool:
-        """Diverged, or an accuracy under ``below``."""
-        return self.status == "unstable" or self.accuracy < below
+    @property
+    def test_loss(self) -> float | None:
+        return self.final.get("test_loss")
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,18 @@ class Sweep:
     schemes: Mapping[str, str] = field(default_factory=dict)
     """Parametrization -> scheme, from ``study.user_attrs['parametrizations']``: the
     parametrizations of one scheme share their ρ = 0 (base optimizer) runs."""
+    metric: Metric = TEST_ACCURACY
+    """The objective metric and its direction."""
+    final_metrics: tuple[str, ...] = BUILTIN_METRICS
+    """The names in the runs' :attr:`Run.final`: the objective metric first, then the others in
+    the order first seen."""
+    curve_axis: str = "epoch"
+    """What the curves' x is: ``step`` when the reports carry one, else ``epoch``."""
+    objective: str | None = None
+    """A user sweep's objective (``sweep["train"]["objective"]``, its entry point); ``None`` for
+    a built-in sweep."""
+    version: str | None = None
+    """A user sweep's declared version of its training setup (``sweep["train"]["version"]``)."""
 
     @property
     def done(self) -> tuple[Run, ...]:
@@ -121,7 +144,31 @@ def _grid(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _run(t: Any) -> Run:
+def _final(attrs: Mapping[str, Any], user: bool) -> dict[str, float | None]:
+    """The final metrics of a trial: ``attrs['final']`` for a user sweep, the built-in
+    metrics' own attributes otherwise."""
+    if not user:
+        return {k: _num(attrs.get(k), float) for k in BUILTIN_METRICS}
+    final = attrs.get("final")
+    items = final.items() if isinstance(final, Mapping) else ()
+    return {str(k): _num(v, float) for k, v in items}
+
+
+def _curve(attrs: Mapping[str, Any], metric: str) -> tuple[tuple[float, float], ...]:
+    reports = attrs.get("metrics")
+    if not isinstance(reports, Sequence) or isinstance(reports, str):
+        return ()
+    out = []
+    for d in reports:
+        if not isinstance(d, Mapping):
+            continue
+        x, v = _num(d.get("step", d.get("epoch")), float), _num(d.get(metric), float)
+        if x is not None and v is not None:
+            out.append((x, v))
+    return tuple(out)
+
+
+def _run(t: Any, metric: Metric = TEST_ACCURACY, user: bool = False) -> Run:
     """A trial as a :class:`Run`. Its grid parameters are Optuna's, and where those lack one
     (enqueued but not started: they wait in ``system_attrs``; or a parametrization outside
     :data:`mup2.sweep.grid.RECORDED_PARAMETRIZATIONS`, never an Optuna parameter) the enqueued
@@ -139,9 +186,9 @@ def _run(t: Any) -> Run:
         **_grid(params),
         status=str(status) if status is not None else None,
         value=_num(t.value, float),
-        test_accuracy=_num(attrs.get("test_accuracy"), float),
-        test_loss=_num(attrs.get("test_loss"), float),
         seconds=_num(attrs.get("seconds"), float),
+        final=_final(attrs, user),
+        curve=_curve(attrs, metric.name),
     )
 
 
@@ -180,9 +227,24 @@ def load_sweep(storage: str, study: str) -> Sweep:
             f"no study {study!r} in {redact(storage)}; studies there: {listed}"
         )
     s = optuna.load_study(study_name=study, storage=store)
-    runs = tuple(_run(t) for t in s.get_trials(deepcopy=False))
+    trials = s.get_trials(deepcopy=False)
     config = s.user_attrs.get("sweep")
     config = config if isinstance(config, Mapping) else {}
+    train: Mapping[str, Any] = config.get("train") or {}
+    train = train if isinstance(train, Mapping) else {}
+    user = "objective" in train
+    values = (_num(t.value, float) for t in trials if t.state.name == "COMPLETE")
+    metric = sweep_metric(config, s.direction.name, values)
+    runs = tuple(_run(t, metric, user) for t in trials)
+    names = [metric.name] if user else list(BUILTIN_METRICS)
+    reserved = {"number", "state", *GRID_KEYS, "status", "seconds"}
+    for r in runs:
+        names += [k for k in r.final if k not in names and k not in reserved]
+    reports = (t.user_attrs.get("metrics") for t in trials)
+    stepped = any(
+        isinstance(m, list) and any(isinstance(d, Mapping) and "step" in d for d in m)
+        for m in reports
+    )
     name = config.get("name")
     pars = s.user_attrs.get("parametrizations")
     schemes = {
@@ -197,4 +259,9 @@ def load_sweep(storage: str, study: str) -> Sweep:
         parametrizations=_order(runs, config),
         name=str(name) if name is not None else None,
         schemes=schemes,
+        metric=metric,
+        final_metrics=tuple(names),
+        curve_axis="step" if stepped else "epoch",
+        objective=str(train["objective"]) if user else None,
+        version=str(train["version"]) if user and train.get("version") is not None else None,
     )

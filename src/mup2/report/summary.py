@@ -1,5 +1,5 @@
 """The report's tables: ``summary.md`` (optima, base optimizer, unstable runs, transfer verdicts)
-and the CSVs of all trials and of the optima."""
+and the CSVs of all trials and of the optima, with columns named after the sweep's metric."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from pathlib import Path
 
 from mup2.report.analysis import Analysis, Optimum, Transfer, difference
 from mup2.report.load import Sweep
+from mup2.report.metric import TEST_ACCURACY, Metric
 from mup2.sweep.grid import GRID_KEYS
 from mup2.tables import format_table
 
 __all__ = [
     "OPTIMA_COLUMNS",
     "TRIAL_COLUMNS",
+    "optima_columns",
+    "trial_columns",
     "write_optima_csv",
     "write_summary",
     "write_trials_csv",
@@ -31,6 +34,7 @@ TRIAL_COLUMNS = (
     "test_loss",
     "seconds",
 )
+"""The columns of a built-in sweep's ``trials.csv`` (:func:`trial_columns`)."""
 OPTIMA_COLUMNS = (
     "parametrization",
     "width",
@@ -50,6 +54,22 @@ OPTIMA_COLUMNS = (
     "finished_runs",
     "unfinished_cells",
 )
+"""The columns of a built-in sweep's ``optima.csv`` (:func:`optima_columns`)."""
+
+
+def trial_columns(sweep: Sweep) -> tuple[str, ...]:
+    """``trials.csv``'s columns: number, state, the grid point, status, the final metrics
+    (:attr:`Sweep.final_metrics <mup2.report.load.Sweep.final_metrics>`, the objective first),
+    seconds."""
+    return ("number", "state", *GRID_KEYS, "status", *sweep.final_metrics, "seconds")
+
+
+def optima_columns(metric: Metric) -> tuple[str, ...]:
+    """``optima.csv``'s columns: :data:`OPTIMA_COLUMNS` with ``accuracy`` named after the metric
+    (``val_loss``, ``base_val_loss``, ``best_base_val_loss``) unless it is the built-in test
+    accuracy."""
+    col = metric.column
+    return tuple(c.replace("accuracy", col) for c in OPTIMA_COLUMNS)
 
 
 def _cell(x: object) -> str:
@@ -66,13 +86,15 @@ def _write(path: Path, columns: Sequence[str], rows: Sequence[Sequence[object]])
 
 
 def write_trials_csv(sweep: Sweep, path: Path) -> Path:
-    """One row per trial of the study, whatever its state (:data:`TRIAL_COLUMNS`)."""
-    rows = [[getattr(r, c) for c in TRIAL_COLUMNS] for r in sweep.runs]
-    return _write(path, TRIAL_COLUMNS, rows)
+    """One row per trial of the study, whatever its state (:func:`trial_columns`)."""
+    columns = trial_columns(sweep)
+    names = set(sweep.final_metrics)
+    rows = [[r.final.get(c) if c in names else getattr(r, c) for c in columns] for r in sweep.runs]
+    return _write(path, columns, rows)
 
 
 def write_optima_csv(a: Analysis, path: Path) -> Path:
-    """One row per parametrization and width with an optimum (:data:`OPTIMA_COLUMNS`)."""
+    """One row per parametrization and width with an optimum (:func:`optima_columns`)."""
     rows: list[list[object]] = []
     for p in a.sweep.parametrizations:
         for w in a.grids[p].widths:
@@ -105,7 +127,7 @@ def write_optima_csv(a: Analysis, path: Path) -> Path:
                     a.grids[p].missing(w),
                 ]
             )
-    return _write(path, OPTIMA_COLUMNS, rows)
+    return _write(path, optima_columns(a.metric), rows)
 
 
 def _gain(o: Optimum) -> tuple[float | None, float | None]:
@@ -123,16 +145,8 @@ def _pow2(x: float) -> str:
     return f"2^{round(k)}" if abs(k - round(k)) < 1e-6 else f"{x:.4g}"
 
 
-def _pts(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
 def _seeds(n: int) -> str:
     return "1 planned seed is" if n == 1 else f"{n} planned seeds are"
-
-
-def _points(x: float) -> str:
-    return f"{100 * x:g} point" + ("" if 100 * x == 1 else "s")
 
 
 def _steps(n: int) -> str:
@@ -165,32 +179,19 @@ def write_summary(a: Analysis, path: Path, figures: Sequence[Path], tables: Sequ
     """Write ``summary.md``: counts, the transfer table, per-parametrization optima, the list of
     figures and tables (file names relative to ``path``'s directory)."""
     s = a.sweep
-    below = f"{100 * a.unstable_below:g}%"
     lines = [
         f"# Sweep report: {s.name or s.study}",
         "",
         f"Study `{s.study}` in `{s.storage}`: {_counts(s)}.",
         "",
-        "Accuracy is the final test accuracy in percent, the mean over seeds; ± is the 95% "
-        "t-interval of the mean with 3 or more seeds, one standard deviation with 2. A run is "
-        f"*unstable* when it diverged or ends below {below} test accuracy; a cell (η, ρ) is "
-        "unstable when its mean is below that or half of its seeds are. The optimum (η*, ρ*) "
-        "of a width is the stable cell with the best mean over ρ > 0 (over ρ = 0 if no SAM run "
-        "finished; over unstable cells if no stable one); *base* is the base optimizer "
-        "(ρ = 0) at the same η, *best base* the base optimizer at its own best η, and "
-        "*SAM − best base* SAM's gain with the 95% Welch interval of the difference. *Edge*: "
-        "the optimum lies on the grid's boundary, so the true optimum may lie outside it.",
+        *_objective(a),
+        _definitions(a),
         "",
         "## Transfer",
         "",
         _transfer_table(a),
         "",
-        f"Criterion (`docs/math.md` §7): transfer holds when, across all widths with a finished "
-        f"optimum, η* and ρ* each stay within {_steps(a.max_steps)} of the log2-spaced grid "
-        f"(largest minus smallest grid index) and the accuracy at the optimum of the largest "
-        f"width is at least that of the smallest width minus {_points(a.tolerance)}. "
-        "*Provisional*: some planned cells have not finished yet. n/a: fewer than two widths, or "
-        "a width without a stable cell.",
+        _criterion(a),
         "",
         "## Optima per parametrization and width",
     ]
@@ -228,6 +229,78 @@ def write_summary(a: Analysis, path: Path, figures: Sequence[Path], tables: Sequ
     return path
 
 
+_OPTIMUM = (
+    "The optimum (η*, ρ*) of a width is the stable cell with the best mean over ρ > 0 (over "
+    "ρ = 0 if no SAM run finished; over unstable cells if no stable one); *base* is the base "
+    "optimizer (ρ = 0) at the same η, *best base* the base optimizer at its own best η, and "
+    "*SAM − best base* SAM's gain with the 95% Welch interval of the difference. *Edge*: the "
+    "optimum lies on the grid's boundary, so the true optimum may lie outside it."
+)
+_SPREAD = "± is the 95% t-interval of the mean with 3 or more seeds, one standard deviation with 2."
+
+
+def _objective(a: Analysis) -> list[str]:
+    """A user sweep's objective, version and metric, as a paragraph (none for a built-in one)."""
+    s, m = a.sweep, a.metric
+    if s.objective is None:
+        return []
+    version = f" (version `{s.version}`)" if s.version is not None else ""
+    return [f"Objective `{s.objective}`{version}: {m.direction}s `{m.name}`.", ""]
+
+
+def _definitions(a: Analysis) -> str:
+    """The paragraph that says what the numbers are."""
+    m = a.metric
+    if m == TEST_ACCURACY:
+        below = f"{100 * a.unstable_below:g}%" if a.unstable_below is not None else "no"
+        return (
+            f"Accuracy is the final test accuracy in percent, the mean over seeds; {_SPREAD} A run "
+            f"is *unstable* when it diverged or ends below {below} test accuracy; a cell (η, ρ) "
+            f"is unstable when its mean is below that or half of its seeds are. {_OPTIMUM}"
+        )
+    unit = " in percent" if m.percent else ""
+    past = "below" if m.maximize else "above"
+    t = a.threshold
+    limit = f" or ends {past} {m.fmt(t)}{'%' if m.percent else ''}" if t is not None else ""
+    best = "highest" if m.maximize else "lowest"
+    gain = " (negative: SAM is better)" if not m.maximize else ""
+    return (
+        f"`{m.name}` is the sweep's objective metric{unit} ({m.better_word}), the final value "
+        f"the function returned, the mean over seeds; {_SPREAD} A run is *unstable* when it "
+        f"diverged (it counts as {m.diverged:g}){limit}; a cell (η, ρ) is unstable when its mean "
+        f"is {'not finite' if t is None else past + ' that or not finite'} or half of its seeds "
+        f"are unstable. The best mean is the {best}. {_OPTIMUM} SAM − best base is in the "
+        f"metric's units{gain}."
+    )
+
+
+def _criterion(a: Analysis) -> str:
+    """The paragraph that states the transfer criterion."""
+    m = a.metric
+    head = (
+        "Criterion (`docs/math.md` §7): transfer holds when, across all widths with a finished "
+        f"optimum, η* and ρ* each stay within {_steps(a.max_steps)} of the log2-spaced grid "
+        "(largest minus smallest grid index) and "
+    )
+    tail = (
+        "*Provisional*: some planned cells have not finished yet. n/a: fewer than two widths, or "
+        "a width without a stable cell."
+    )
+    if m.percent:
+        what = "accuracy" if m == TEST_ACCURACY else m.name
+        return (
+            f"{head}the {what} at the optimum of the largest width is at least that of the "
+            f"smallest width minus {m.fmt_tolerance(a.tolerance)}. {tail}"
+        )
+    bound = "at least" if m.maximize else "at most"
+    sign = "minus" if m.maximize else "plus"
+    return (
+        f"{head}`{m.name}` at the optimum of the largest width is {bound} that of the smallest "
+        f"width {sign} {m.fmt_tolerance(a.tolerance)} of its magnitude (a relative tolerance: "
+        f"the metric's scale is the sweep's own). {tail}"
+    )
+
+
 def _transfer_table(a: Analysis) -> str:
     """The transfer verdict of every parametrization, as markdown."""
     header = (
@@ -235,16 +308,18 @@ def _transfer_table(a: Analysis) -> str:
         "widths",
         "η* moves",
         "ρ* moves",
-        "accuracy, largest − smallest width",
+        f"{a.metric.column}, largest − smallest width",
         "transfer",
         "why",
     )
     rows: list[list[str]] = []
+    m = a.metric
     for p in a.sweep.parametrizations:
         t = a.transfers[p]
         ws = ", ".join(map(str, t.widths)) or "–"
         multi = len(t.widths) > 1 and t.verdict != "n/a"
-        change = f"{100 * t.accuracy_change:+.2f} points" if multi else "–"
+        first = a.optima[p, t.widths[0]].value if multi else math.nan
+        change = m.fmt_change(t.change, first) if multi else "–"
         lr_s, rho_s = (_steps(t.lr_steps), _steps(t.rho_steps)) if multi else ("–", "–")
         rows.append([p, ws, lr_s, rho_s, change, _verdict(t), t.reason])
     return format_table(rows, header, markdown=True)
@@ -256,7 +331,7 @@ def _optima_table(a: Analysis, p: str) -> str:
         "width",
         "η*",
         "ρ*",
-        "accuracy",
+        a.metric.column,
         "edge",
         "base (ρ = 0, same η)",
         "best base (η)",
@@ -265,6 +340,7 @@ def _optima_table(a: Analysis, p: str) -> str:
         "unfinished cells",
     )
     g = a.grids[p]
+    m = a.metric
     rows: list[list[str]] = []
     for w in g.widths:
         o = a.optimum(p, w)
@@ -274,34 +350,37 @@ def _optima_table(a: Analysis, p: str) -> str:
             rows.append([str(w), "–", "–", "no finished run", "–", "–", "–", "–", runs, todo])
             continue
         c = o.cell
-        acc = f"{_pts(c.mean)} ± {_pts(c.spread)} ({c.n} seeds, {c.spread_kind})"
+        acc = f"{m.fmt(c.mean)} ± {m.fmt(c.spread)} ({c.n} seeds, {c.spread_kind})"
         if c.n == 1:
-            acc = f"{_pts(c.mean)} (one seed)"
-        base = f"{_pts(o.base.mean)}" if o.base is not None else "–"
+            acc = f"{m.fmt(c.mean)} (one seed)"
+        base = f"{m.fmt(o.base.mean)}" if o.base is not None else "–"
         bb = o.best_base
-        best = f"{_pts(bb.mean)} ({_pow2(bb.lr)})" if bb is not None else "–"
+        best = f"{m.fmt(bb.mean)} ({_pow2(bb.lr)})" if bb is not None else "–"
         g_, ci = _gain(o)
-        gain = "–" if g_ is None else f"{100 * g_:+.2f}"
+        gain = "–" if g_ is None else m.fmt(g_, signed=True)
         if g_ is not None and ci is not None and math.isfinite(ci):
-            gain += f" ± {_pts(ci)}"
+            gain += f" ± {m.fmt(ci)}"
         edge = ", ".join(o.edges) or "–"
         rows.append([str(w), _pow2(o.lr), _pow2(o.rho), acc, edge, base, best, gain, runs, todo])
     return format_table(rows, header, markdown=True)
 
 
 def _describe(name: str, a: Analysis) -> str:
+    m = a.metric
     if name == "figure1.png":
         return (
-            "Figure 1: test accuracy over (log2 η, log2 ρ), rows parametrizations, columns "
-            f"widths; star the optimum, outline the cells within {_points(a.within)} of it, "
-            "hatched unstable, grey unfinished, ρ = 0 (base optimizer) the bottom row"
+            f"Figure 1: {m.label} over (log2 η, log2 ρ), rows parametrizations, columns "
+            f"widths; star the optimum, outline the cells within {m.fmt_tolerance(a.within)} "
+            "of it, hatched unstable, grey unfinished, ρ = 0 (base optimizer) the bottom row"
         )
     if name.startswith("figure1-"):
         return f"Figure 1 for {name.removeprefix('figure1-').removesuffix('.png')} alone"
     return {
-        "rho-slice.png": "accuracy against ρ at each parametrization's optimal η, largest "
+        "rho-slice.png": f"{m.column} against ρ at each parametrization's optimal η, largest "
         "width, mean ± 2 sd over seeds; dashed: the base optimizer at the same η",
-        "transfer.png": "η*, ρ* and the accuracy at the optimum against width",
+        "transfer.png": f"η*, ρ* and the {m.column} at the optimum against width",
+        "curves.png": f"{m.name} against {a.sweep.curve_axis} at each width's optimum, mean "
+        "over its seeds, one panel per parametrization",
         "trials.csv": "every trial of the study, whatever its state",
         "optima.csv": "the optimum of every parametrization and width",
     }.get(name, "")

@@ -2,9 +2,11 @@
 
 A sweep config has the keys ``name`` (the study), ``storage`` (an Optuna database URL; default:
 an SQLite file in the run directory), ``workers``, ``batch``, ``heartbeat_seconds``,
-``max_retries``, the section ``train`` (a full :class:`mup2.config.TrainConfig`) and the section
-``grid``. Each grid point overrides ``model.width``, ``optimizer.lr``, ``sam.rho``, ``seed``, the
-scheme and the perturbation scaling of ``train`` (see :data:`PARAMETRIZATIONS`).
+``max_retries``, the section ``train`` and the section ``grid``. ``train`` is either a full
+:class:`mup2.config.TrainConfig` (mup2's own training: each grid point overrides its
+``model.width``, ``optimizer.lr``, ``sam.rho``, ``seed``, scheme and perturbation scaling, see
+:data:`PARAMETRIZATIONS`) or a :class:`UserTrain`, the user's own training function (a section
+with an ``objective`` key), which gets each grid point as a :class:`mup2.sweep.point.Point`.
 """
 
 from __future__ import annotations
@@ -22,18 +24,22 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from mup2.config import ConfigError, Section, TrainConfig, parse_config, read_config_file
 from mup2.errors import check_instance
+from mup2.optim.families import FAMILIES
 
 __all__ = [
+    "OPTIMIZERS",
     "PARAMETRIZATIONS",
     "BatchSize",
     "GridConfig",
     "ParametrizationSpec",
     "SubGrid",
     "SweepConfig",
+    "UserTrain",
     "check_sweep_config",
     "load_sweep_config",
     "parse_batch",
@@ -143,10 +149,53 @@ class GridConfig(Section):
         return values
 
 
+#: The base optimizers a :class:`UserTrain` may name (:data:`mup2.optim.families.FAMILIES`):
+#: SGD-like ones train under μP for SGD, Adam-like ones under μP for Adam.
+OPTIMIZERS = tuple(FAMILIES)
+
+#: ``module.path:function`` or ``path/to/file.py:function``.
+_ENTRY_POINT = r"^[^:]+:[A-Za-z_][A-Za-z0-9_.]*$"
+
+
+class UserTrain(Section):
+    """The ``train`` section of a sweep of the user's own training function.
+
+    ``objective``: the function, ``package.module:function`` (imported) or
+    ``path/to/file.py:function`` (a relative path is found in ``root``, else in the current
+    directory); it is called as ``objective(point, report)`` for every grid point
+    (:mod:`mup2.sweep.user`). ``metric``: the name of the returned metric the sweep optimizes
+    (a function returning one number returns it under this name) and ``direction`` whether
+    higher (``maximize``, an accuracy) or lower (``minimize``, a loss) is better. ``version``:
+    the user's fingerprint of everything the function does that the grid does not say (model,
+    data, steps, code): mup2 cannot look inside the function, so a sweep resumed with another
+    version, objective, metric, optimizer or settings is refused. ``optimizer``: the base
+    optimizer's family (one of :data:`OPTIMIZERS`), which decides the μP scheme of the
+    ``mup*`` parametrizations. ``settings``: a free table handed to the function as
+    ``point.settings``. ``root``: the folder a relative ``objective`` file lies in (set by
+    :func:`load_sweep_config` to the config file's folder and by :func:`mup2.sweep.run` to the
+    script's); where the sweep runs, not what it computes, so it may differ on resume."""
+
+    objective: Annotated[str, Field(pattern=_ENTRY_POINT)]
+    metric: Annotated[str, Field(min_length=1)] = "value"
+    direction: Literal["maximize", "minimize"]
+    version: Annotated[str, Field(min_length=1)]
+    optimizer: str = "sgd"
+    settings: dict[str, Any] = Field(default_factory=dict)
+    root: str | None = None
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, value: str) -> str:
+        if value not in OPTIMIZERS:
+            raise ValueError(f"{value!r} is not one of {', '.join(OPTIMIZERS)}")
+        return value
+
+
 class SweepConfig(Section):
-    """A validated sweep. ``train`` is the run every grid point starts from. ``storage``,
-    ``workers`` and ``batch`` say where and how fast it runs, not what: they may change when a
-    sweep is resumed."""
+    """A validated sweep. ``train`` is the run every grid point starts from: mup2's own
+    (:class:`~mup2.config.TrainConfig`) or the user's function (:class:`UserTrain`, trained one
+    point at a time: ``batch`` must be 1). ``storage``, ``workers`` and ``batch`` say where and
+    how fast it runs, not what: they may change when a sweep is resumed."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)]
     storage: str | None = None
@@ -155,7 +204,7 @@ class SweepConfig(Section):
     heartbeat_seconds: PositiveInt = 10
     max_retries: NonNegativeInt = 2
     unstable_below: Annotated[float, Field(ge=0.0, le=1.0)] = 0.30
-    train: TrainConfig
+    train: TrainConfig | UserTrain
     grid: GridConfig
 
     @field_validator("batch", mode="before")
@@ -165,6 +214,20 @@ class SweepConfig(Section):
             return parse_batch(value)
         except ValueError as exc:
             raise ValueError(f"batch: {exc}") from None
+
+    @model_validator(mode="after")
+    def _one_at_a_time(self) -> SweepConfig:
+        if isinstance(self.train, UserTrain) and self.batch != 1:
+            raise ValueError(
+                f"batch: {self.batch!r}, but a sweep of a user objective trains one grid point "
+                "at a time (bundles are for mup2's own training); set batch = 1"
+            )
+        return self
+
+    @property
+    def user(self) -> UserTrain | None:
+        """``train`` when it is the user's function, else ``None``."""
+        return self.train if isinstance(self.train, UserTrain) else None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable copy (``parse_sweep_config(c.to_dict()) == c``)."""
@@ -189,9 +252,14 @@ def parse_sweep_config(data: Mapping[str, Any]) -> SweepConfig:
         raise ConfigError(f"a sweep config must be a mapping of keys, not {type(data).__name__}")
     data = dict(data)
     problems: list[str] = []
-    train: TrainConfig | None = None
+    train: TrainConfig | UserTrain | None = None
     if "train" not in data:
         problems.append("train: required section is missing")
+    elif isinstance(data["train"], Mapping) and "objective" in data["train"]:
+        try:
+            train = UserTrain.model_validate(dict(data.pop("train")))
+        except ValidationError as exc:
+            problems += [_problem(err, "train.") for err in exc.errors()]
     else:
         try:
             train = parse_config(data.pop("train"))
@@ -201,30 +269,44 @@ def parse_sweep_config(data: Mapping[str, Any]) -> SweepConfig:
         rest = SweepConfig.model_validate({**data, "train": train} if train else data)
     except ValidationError as exc:
         for err in exc.errors():
-            key = ".".join(str(x) for x in err["loc"])
-            if key == "train":
+            if err["loc"] and err["loc"][0] == "train":
                 continue  # reported above
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            problems.append(msg if msg.startswith(f"{key}:") else f"{key}: {msg}")
+            problems.append(_problem(err))
     if problems:
         raise ConfigError("invalid sweep config:\n  " + "\n  ".join(problems))
     return rest
 
 
+def _problem(err: Any, prefix: str = "") -> str:
+    """One pydantic error as ``dotted.key: message``."""
+    key = prefix + ".".join(str(x) for x in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "string_pattern_mismatch" and key == "train.objective":
+        msg = (
+            f"{err['input']!r} is not an entry point; write 'package.module:function' or "
+            "'<path>.py:function'"
+        )
+    return msg if not key or msg.startswith(f"{key}:") else f"{key}: {msg}"
+
+
 def load_sweep_config(path: str | Path) -> SweepConfig:
     """Read and validate a ``.toml``, ``.yaml`` or ``.yml`` sweep config. A relative SQLite
     ``storage`` (``sqlite:///name.db``) is taken relative to the config file's folder, so that a
-    sweep and its store can live together in a repository."""
+    sweep and its store can live together in a repository; so is a relative objective file of a
+    :class:`UserTrain` (its ``root`` is the config file's folder)."""
     try:
         cfg = parse_sweep_config(read_config_file(path))
     except ConfigError as exc:
         msg = str(exc)
         raise ConfigError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
+    here = Path(path).resolve().parent
     if cfg.storage and cfg.storage.startswith(_SQLITE):
         file = Path(cfg.storage.removeprefix(_SQLITE))
         if not file.is_absolute() and str(file) != ":memory:":
-            here = Path(path).resolve().parent
             cfg = cfg.model_copy(update={"storage": f"{_SQLITE}{here / file}"})
+    if cfg.user is not None and cfg.user.root is None:
+        train = cfg.user.model_copy(update={"root": str(here)})
+        cfg = cfg.model_copy(update={"train": train})
     return cfg

@@ -10,19 +10,26 @@ intervals) is failed and enqueued again, up to ``max_retries`` times, and an int
 enqueued again at once. A finished trial is never rerun: resuming enqueues only the points with
 no finished, waiting or running trial. No trial is made but for a grid point.
 
-With ``batch`` > 1 (or ``"auto"``) a worker claims a *bundle*: up to ``batch`` waiting points
-whose training configs share a :func:`~mup2.batched.bundle_key` (one width and architecture),
-each claimed, owned and heartbeaten as a single trial is, and trains them together with
-:func:`~mup2.batched.train_batched`. Each point keeps its own trial and record, so a killed or
-interrupted bundle is requeued point by point exactly as single trials are.
+What a worker runs for a point is an :class:`~mup2.sweep.objective.Objective`
+(:func:`make_objective`): mup2's own training (:mod:`mup2.sweep.builtin`) or the user's function
+(:mod:`mup2.sweep.user`), checked before the worker claims anything; the claiming, heartbeats,
+requeueing and stopping here are the same for both.
+
+With ``batch`` > 1 (or ``"auto"``; mup2's own training only) a worker claims a *bundle*: up to
+``batch`` waiting points whose training configs share a :func:`~mup2.batched.bundle_key` (one
+width and architecture), each claimed, owned and heartbeaten as a single trial is, and trains
+them together with :func:`~mup2.batched.train_batched`. Each point keeps its own trial and
+record, so a killed or interrupted bundle is requeued point by point exactly as single trials
+are.
 
 Trial record: ``params`` = :class:`~mup2.sweep.grid.GridPoint` (also in the user attribute
-``grid``, set when it is enqueued); ``value`` = final test accuracy (the last finite epoch's, 0
-if none); user attributes ``status`` (``ok``/``unstable``), ``test_accuracy``, ``test_loss``,
-``seconds``, ``metrics`` (one dict per epoch), ``worker`` (host:pid) and, for a failed trial,
-``error``. The study's user attributes hold the sweep config (``sweep``) and
-``parametrizations`` (name -> scheme and scaling, so the ρ = 0 runs shared by one scheme can be
-found).
+``grid``, set when it is enqueued); ``value`` and the user attributes are the objective's record
+(:func:`mup2.sweep.builtin.record_of`: final test accuracy, ``status`` (``ok``/``unstable``),
+``test_accuracy``, ``test_loss``, ``seconds``, ``metrics`` one dict per epoch; a user sweep:
+see :mod:`mup2.sweep.user`), plus ``worker`` (host:pid) and, for a failed trial, ``error``. The
+study's direction is ``maximize`` (a user sweep: its ``direction``); its user attributes hold
+the sweep config (``sweep``) and ``parametrizations`` (name -> scheme and scaling, so the ρ = 0
+runs shared by one scheme can be found).
 """
 
 from __future__ import annotations
@@ -31,7 +38,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import warnings
@@ -45,10 +51,9 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from mup2.batched import auto_bundle_size, bundle_key, check_batchable, train_batched
-from mup2.config import ConfigError, TrainConfig
-from mup2.data import DataSplits
+from mup2.config import ConfigError
 from mup2.errors import check_instance, check_integer
+from mup2.sweep.builtin import TrainObjective, check_batches
 from mup2.sweep.config import (
     PARAMETRIZATIONS,
     SweepConfig,
@@ -64,7 +69,16 @@ from mup2.sweep.grid import (
     suggest_parametrization,
     trial_config,
 )
+from mup2.sweep.objective import Objective, Record
 from mup2.sweep.owner import OWNER, is_dead, me, requeue
+from mup2.sweep.signals import (
+    DRAIN_SIGNAL,
+    draining,
+    interruptible,
+    stop_if_asked,
+    stop_on_signals,
+    wait_unless_stopped,
+)
 from mup2.sweep.store import (
     StoreError,
     open_storage,
@@ -73,13 +87,14 @@ from mup2.sweep.store import (
     store_errors,
     store_lock,
 )
-from mup2.train import RunResult, load_data, resolve_device, train
+from mup2.sweep.user import UserObjective
 
 __all__ = [
     "DRAIN_SIGNAL",
     "SweepState",
     "check_batches",
     "default_storage",
+    "make_objective",
     "open_sweep",
     "prepare",
     "run_worker",
@@ -170,13 +185,15 @@ def prepare(
     check_sweep_config(cfg)
     check_instance("storage", storage, str, "a database URL such as sqlite:///sweep.db")
     points = expand(cfg)
-    for point in points:
-        trial_config(cfg, point)  # raises ConfigError naming the point
+    if cfg.user is None:
+        for point in points:
+            trial_config(cfg, point)  # raises ConfigError naming the point
+    direction = "maximize" if cfg.user is None else cfg.user.direction
     store = open_storage(storage, cfg.heartbeat_seconds, cfg.max_retries, create=True, mkdir=mkdir)
     with store_lock(storage):
         names = optuna.get_all_study_names(storage=store)
         study = optuna.create_study(
-            study_name=cfg.name, storage=store, direction="maximize", load_if_exists=True
+            study_name=cfg.name, storage=store, direction=direction, load_if_exists=True
         )
         saved = study.user_attrs.get("sweep")
         old = None if saved is None else parse_sweep_config(saved)
@@ -249,9 +266,10 @@ def open_sweep(storage: str, name: str) -> tuple[optuna.Study, SweepConfig, list
 
 def _grows(old: SweepConfig, new: SweepConfig, storage: str) -> bool:
     """Whether ``new`` differs from ``old`` (raises :class:`ConfigError` naming the differing
-    keys unless only the grid grew; ``workers``, ``batch`` and ``storage`` may always differ)."""
+    keys unless only the grid grew; ``workers``, ``batch``, ``storage`` and a user sweep's
+    ``train.root`` may always differ)."""
     ignore = {"workers": 0, "batch": 1, "storage": None, "grid": None}  # where, how fast: not what
-    changed = _differences(old.to_dict() | ignore, new.to_dict() | ignore)
+    changed = _differences(_what(old) | ignore, _what(new) | ignore)
     if changed:
         shown = "; ".join(
             f"{key}: {json.dumps(a)} in the store, {json.dumps(b)} here"
@@ -272,6 +290,15 @@ def _grows(old: SweepConfig, new: SweepConfig, storage: str) -> bool:
     return old.grid != new.grid
 
 
+def _what(cfg: SweepConfig) -> dict[str, Any]:
+    """``cfg`` as a dict without a user sweep's ``train.root`` (where its file is found on this
+    machine, not what it computes)."""
+    d = cfg.to_dict()
+    if cfg.user is not None:
+        d["train"].pop("root", None)
+    return d
+
+
 def _differences(a: Any, b: Any, key: str = "") -> list[tuple[str, Any, Any]]:
     """``(dotted key, value in a, value in b)`` of every leaf where the JSON trees differ (a key
     missing on one side reads ``None``)."""
@@ -284,26 +311,23 @@ def _differences(a: Any, b: Any, key: str = "") -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(key, a, b)]
 
 
-class _Objective:
-    """Runs enqueued grid points; loads each dataset once per worker process."""
+def make_objective(cfg: SweepConfig) -> Objective:
+    """What a worker runs for the sweep ``cfg``: mup2's training
+    (:class:`~mup2.sweep.builtin.TrainObjective`) or the user's function
+    (:class:`~mup2.sweep.user.UserObjective`)."""
+    return UserObjective(cfg) if cfg.user is not None else TrainObjective(cfg)
+
+
+class _Queue:
+    """The study's waiting trials in grid order (the order of :func:`~mup2.sweep.grid.expand`,
+    the config's priority): a point queued again after an interruption keeps its place instead
+    of going to the back of the queue."""
 
     def __init__(self, cfg: SweepConfig) -> None:
         self.cfg = cfg
-        self._data: dict[str, DataSplits] = {}
-        self._keys: dict[GridPoint, str] = {}
         self._rank: dict[GridPoint, int] | None = None
 
-    def data(self, config: TrainConfig) -> DataSplits:
-        """The dataset of ``config`` (loaded on first use)."""
-        key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
-        if key not in self._data:
-            self._data[key] = load_data(config.data)
-        return self._data[key]
-
     def waiting(self, study: optuna.Study) -> list[FrozenTrial]:
-        """The study's waiting trials in grid order (the order of
-        :func:`~mup2.sweep.grid.expand`, the config's priority): a point queued again after an
-        interruption keeps its place instead of going to the back of the queue."""
         if self._rank is None:
             self._rank = {point: i for i, point in enumerate(expand(self.cfg))}
         rank, last = self._rank, len(self._rank)
@@ -315,52 +339,32 @@ class _Objective:
 
         return sorted(trials, key=position)
 
-    def bundle_key(self, point: GridPoint) -> str:
-        """The :func:`~mup2.batched.bundle_key` of the point's training config (cached)."""
-        if point not in self._keys:
-            self._keys[point] = bundle_key(trial_config(self.cfg, point))
-        return self._keys[point]
 
-    def bundle_size(self, point: GridPoint, batch: int | Literal["auto"]) -> int:
-        """``batch``, or for ``"auto"`` how many points like ``point`` fit on the device now."""
-        if batch == "auto":
-            return auto_bundle_size(trial_config(self.cfg, point))
-        return batch
-
-    def __call__(self, trials: Sequence[optuna.Trial], *, batched: bool) -> list[float]:
-        """Train the trials' points (one with :func:`~mup2.train`, or any number together with
-        :func:`~mup2.batched.train_batched` when ``batched``), record each result on its trial
-        and return the values. An exception is recorded on every trial and raised."""
-        try:
-            points = [_suggest(t, GridPoint(**t.user_attrs["grid"])) for t in trials]
-            configs = [trial_config(self.cfg, point) for point in points]
-            data = self.data(configs[0])  # a bundle shares its data set (its bundle key)
-            _INTERRUPTIBLE.set()
-            try:
-                _stop_if_asked()
-                if batched:
-                    results = train_batched(configs, data=data, on_epoch=_stop_if_asked)
-                else:
-                    (config,) = configs
-                    results = [train(config, data=data, on_epoch=_stop_if_asked)]
-            finally:
-                _INTERRUPTIBLE.clear()
-            if len(results) != len(trials):
-                raise RuntimeError(f"{len(trials)} runs trained, {len(results)} results")
-        except Exception as exc:  # recorded; the trials fail and the sweep goes on
-            for trial in trials:
-                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-            raise
-        return [_record(trial, result) for trial, result in zip(trials, results, strict=True)]
+def _run_objective(
+    objective: Objective, trials: Sequence[optuna.Trial], *, batched: bool
+) -> list[float]:
+    """Run the trials' points with ``objective`` (interruptibly), record each result on its
+    trial and return the values. An exception is recorded on every trial and raised."""
+    try:
+        points = [_suggest(t, GridPoint(**t.user_attrs["grid"])) for t in trials]
+        with interruptible():
+            records = objective.run(trials, points, batched=batched)
+        if len(records) != len(trials):
+            raise RuntimeError(f"{len(trials)} runs trained, {len(records)} results")
+    except Exception as exc:  # recorded; the trials fail and the sweep goes on
+        for trial in trials:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+        raise
+    return [_record(trial, record) for trial, record in zip(trials, records, strict=True)]
 
 
-def _record(trial: optuna.Trial, result: RunResult) -> float:
-    """Store ``result`` on ``trial`` (see the module docstring); the trial's value."""
-    for name, value in result.to_dict().items():
-        if name != "diverged_at":
-            trial.set_user_attr(name, value)
+def _record(trial: optuna.Trial, record: Record) -> float:
+    """Store ``record`` on ``trial`` (its user attributes and this worker); the trial's
+    value."""
+    for name, value in record.attrs.items():
+        trial.set_user_attr(name, value)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    return result.test_accuracy if result.test_accuracy is not None else 0.0
+    return record.value
 
 
 def _suggest(trial: optuna.Trial, point: GridPoint) -> GridPoint:
@@ -407,30 +411,29 @@ def run_worker(
         raise ValueError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(logging.WARNING)
-    study, cfg, points = open_sweep(storage, study_name)
+    study, cfg, _ = open_sweep(storage, study_name)
     size = parse_batch(cfg.batch if batch is None else batch)
-    objective = _Objective(cfg)
-    resolve_device(cfg.train.device)
-    objective.data(trial_config(cfg, points[0]))
-    if size != 1:
-        check_batches(cfg, size)
+    objective = make_objective(cfg)
+    objective.check(size)
+    queue = _Queue(cfg)
     ran = 0
     with store_errors(storage):
         while max_trials is None or ran < max_trials:
-            _stop_if_asked()
-            if _DRAIN.is_set() or (parent is not None and os.getppid() != parent):
+            stop_if_asked()
+            if draining() or (parent is not None and os.getppid() != parent):
                 break
             _fail_lost(study, storage, cfg)
             left = None if max_trials is None else max_trials - ran
             if size == 1:
-                claimed = _claim(study, objective)
+                claimed = _claim(study, queue)
                 trial_ids = [] if claimed is None else [claimed]
             else:
-                trial_ids = _claim_bundle(study, storage, objective, size, left)
+                assert isinstance(objective, TrainObjective)  # check() refused the others
+                trial_ids = _claim_bundle(study, storage, queue, objective, size, left)
             if not trial_ids:
                 if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     break
-                _STOP.wait(cfg.heartbeat_seconds)  # others' trials run: finish or go stale
+                wait_unless_stopped(cfg.heartbeat_seconds)  # others' trials: finish or go stale
                 continue
             for frozen in _run_trials(study, storage, trial_ids, objective, say, size != 1):
                 ran += 1
@@ -439,72 +442,10 @@ def run_worker(
     return ran
 
 
-def check_batches(cfg: SweepConfig, batch: int | Literal["auto"]) -> None:
-    """Raise :class:`~mup2.batched.BatchError` (a :class:`ConfigError`) naming the reason when
-    the sweep's points cannot be trained in bundles of ``batch``. One point per parametrization
-    is checked: what decides it (model, optimizer, rule, precision, augmentation) is the same at
-    every width."""
-    first = {p.parametrization: p for p in reversed(expand(cfg))}
-    for point in first.values():
-        try:
-            check_batchable([trial_config(cfg, point)])
-        except ConfigError as exc:
-            raise type(exc)(
-                f"sweep {cfg.name!r} cannot train its runs in bundles (batch = {batch!r}): {exc}"
-            ) from None
-
-
-#: Set by :func:`stop_on_signals`: the worker stops, requeueing a trial it interrupts.
-_STOP = threading.Event()
-#: Set while a trial trains: a stop request interrupts it at once. Elsewhere (store writes) the
-#: worker stops at the next safe point, never inside a write.
-_INTERRUPTIBLE = threading.Event()
-#: Set by :data:`DRAIN_SIGNAL` under :func:`stop_on_signals`: the worker finishes the trials it
-#: runs and claims no more (a time budget that should not cut a bundle short).
-_DRAIN = threading.Event()
-#: The signal that drains a worker (and a :func:`mup2.sweep.run_sweep` driver with its workers).
-DRAIN_SIGNAL = signal.SIGUSR1
-
-
-@contextlib.contextmanager
-def stop_on_signals(*signals: signal.Signals) -> Iterator[None]:
-    """While the body runs, ``signals`` (default SIGTERM and SIGINT) stop the worker: a training
-    run is interrupted at once (:class:`KeyboardInterrupt`) and its trial requeued; otherwise the
-    worker stops before its next store operation, never inside one. Repeats change nothing (a
-    driver killed with ``kill -9`` can send its parent-death signal once per thread).
-    :data:`DRAIN_SIGNAL` (SIGUSR1) drains the worker instead: it finishes and records what it
-    runs, then claims nothing more. The old handlers come back after. Main thread only."""
-
-    def stop(_signum: int, _frame: Any) -> None:
-        if not _STOP.is_set() and _INTERRUPTIBLE.is_set():
-            _STOP.set()
-            raise KeyboardInterrupt
-        _STOP.set()
-
-    def drain(_signum: int, _frame: Any) -> None:
-        _DRAIN.set()
-
-    chosen = signals or (signal.SIGTERM, signal.SIGINT)
-    old = {sig: signal.signal(sig, stop) for sig in chosen}
-    old[DRAIN_SIGNAL] = signal.signal(DRAIN_SIGNAL, drain)
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        _STOP.clear()
-        _DRAIN.clear()
-
-
-def _stop_if_asked(*_: object) -> None:
-    if _STOP.is_set():
-        raise KeyboardInterrupt
-
-
-def _claim(study: optuna.Study, objective: _Objective) -> int | None:
+def _claim(study: optuna.Study, queue: _Queue) -> int | None:
     """Claim the first waiting trial in grid order (see :func:`_claim_one`); ``None`` when none
     is waiting. Unlike ``Study.ask``, never makes a trial of its own."""
-    for t in objective.waiting(study):
+    for t in queue.waiting(study):
         if _claim_one(study, t._trial_id):
             return int(t._trial_id)
     return None
@@ -527,7 +468,8 @@ def _claim_one(study: optuna.Study, trial_id: int) -> bool:
 def _claim_bundle(
     study: optuna.Study,
     storage: str,
-    objective: _Objective,
+    queue: _Queue,
+    objective: TrainObjective,
     batch: int | Literal["auto"],
     most: int | None,
 ) -> list[int]:
@@ -538,7 +480,7 @@ def _claim_bundle(
     claimed: list[int] = []
     key, size = "", 1
     with store_lock(storage):
-        for t in objective.waiting(study):
+        for t in queue.waiting(study):
             point = _point(t)
             if point is None or (claimed and objective.bundle_key(point) != key):
                 continue
@@ -557,12 +499,12 @@ def _run_trials(
     study: optuna.Study,
     storage: str,
     trial_ids: list[int],
-    objective: _Objective,
+    objective: Objective,
     say: Callable[[str], object] | None,
     batched: bool,
 ) -> list[FrozenTrial]:
-    """Train the claimed trials (one, or a bundle when ``batched``) while their hearts beat,
-    and tell each its result; every trial fails when training raises. An interruption
+    """Run the claimed trials (one, or a bundle when ``batched``) while their hearts beat, and
+    tell each its result; every trial fails when the run raises. An interruption
     requeues them (:func:`_requeue_if_interrupted`) and propagates."""
     trials = [optuna.Trial(study, trial_id) for trial_id in trial_ids]
     try:
@@ -572,7 +514,7 @@ def _run_trials(
             _requeue_if_interrupted(study, storage, trials, objective.cfg.max_retries),
             _heartbeat(study._storage, trial_ids, objective.cfg.heartbeat_seconds),
         ):
-            values = objective(trials, batched=batched)
+            values = _run_objective(objective, trials, batched=batched)
     except Exception:
         done = [study.tell(t, state=TrialState.FAIL, skip_if_finished=True) for t in trials]
     else:

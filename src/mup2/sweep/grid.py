@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from mup2.config import ConfigError, TrainConfig, parse_config
 from mup2.optim.families import get_family
-from mup2.sweep.config import PARAMETRIZATIONS, GridConfig, SubGrid, SweepConfig
+from mup2.sweep.config import PARAMETRIZATIONS, GridConfig, SubGrid, SweepConfig, UserTrain
 
 if TYPE_CHECKING:
     import optuna
@@ -18,6 +18,7 @@ __all__ = [
     "RECORDED_PARAMETRIZATIONS",
     "GridPoint",
     "expand",
+    "scheme_for",
     "scheme_of",
     "suggest_parametrization",
     "trial_config",
@@ -50,11 +51,20 @@ GRID_KEYS: tuple[str, ...] = tuple(f.name for f in fields(GridPoint))
 """The parameters every grid trial carries: :class:`GridPoint`'s fields, in order."""
 
 
-def scheme_of(cfg: SweepConfig, parametrization: str) -> str:
-    """The scheme (``sp``, ``mup-sgd``, ``mup-adam``) a parametrization trains with."""
+def scheme_for(optimizer: str, parametrization: str) -> str:
+    """The scheme (``sp``, ``mup-sgd``, ``mup-adam``) a parametrization trains with under a
+    base optimizer of the family ``optimizer`` (``sgd``, ``adamw``, ...)."""
     if PARAMETRIZATIONS[parametrization].family == "sp":
         return "sp"
-    return get_family(cfg.train.optimizer.name).scheme
+    return get_family(optimizer).scheme
+
+
+def scheme_of(cfg: SweepConfig, parametrization: str) -> str:
+    """The scheme (``sp``, ``mup-sgd``, ``mup-adam``) a parametrization trains with in the
+    sweep ``cfg`` (its training config's optimizer, or a user sweep's ``optimizer``)."""
+    train = cfg.train
+    optimizer = train.optimizer if isinstance(train, UserTrain) else train.optimizer.name
+    return scheme_for(optimizer, parametrization)
 
 
 def expand(cfg: SweepConfig) -> list[GridPoint]:
@@ -94,7 +104,9 @@ def suggest_parametrization(trial: optuna.Trial, name: str) -> str:
 def trial_config(cfg: SweepConfig, point: GridPoint) -> TrainConfig:
     """``cfg.train`` with the point's width, LR, ρ, seed, scheme, scaling and (for a
     parametrization that names one) SAM rule; no progress bar, no checkpoints: a trial that dies
-    is rerun whole."""
+    is rerun whole. Only for mup2's own training (:class:`~mup2.config.TrainConfig`)."""
+    if not isinstance(cfg.train, TrainConfig):
+        raise TypeError(f"sweep {cfg.name!r} runs a user objective, which has no training config")
     d = cfg.train.to_dict()
     d["model"]["width"] = point.width
     d["optimizer"]["lr"] = point.lr

@@ -23,17 +23,14 @@ from mup2.errors import USER_ERROR, UserError, check_integer
 from mup2.progress import StatusLine, progress_bar
 from mup2.sweep.config import SweepConfig, check_sweep_config, parse_batch
 from mup2.sweep.engine import (
-    DRAIN_SIGNAL,
     SweepState,
-    check_batches,
     default_storage,
+    make_objective,
     prepare,
     run_worker,
-    stop_on_signals,
     sweep_state,
 )
-from mup2.sweep.grid import expand, trial_config
-from mup2.train import load_data, resolve_device
+from mup2.sweep.signals import DRAIN_SIGNAL, stop_on_signals
 
 __all__ = ["run_sweep"]
 
@@ -89,8 +86,10 @@ def run_sweep(
     once (default ``cfg.batch``; see :data:`~mup2.sweep.config.BatchSize`).
 
     The device and dataset are checked first (the dataset loaded once), and with ``batch`` > 1
-    that the runs can be batched (:func:`~mup2.sweep.engine.check_batches`), so a missing one
-    or a sweep that cannot be batched is an error before anything is written.
+    that the runs can be batched (:func:`~mup2.sweep.builtin.check_batches`); for a user sweep
+    that its objective imports and takes ``(point, report)``
+    (:func:`~mup2.sweep.user.load_objective`). So a missing one, or a sweep that cannot be
+    batched, is an error before anything is written.
     Other machines may join at any time with :func:`mup2.sweep.run_worker` on the same storage.
     Ctrl-C stops the workers, whose running trials are queued again; running the same sweep
     again resumes it: finished trials are kept. :data:`~mup2.sweep.engine.DRAIN_SIGNAL` (SIGUSR1,
@@ -110,10 +109,7 @@ def run_sweep(
     if (workers if workers is not None else cfg.workers) < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     size = parse_batch(cfg.batch if batch is None else batch)
-    resolve_device(cfg.train.device)
-    load_data(trial_config(cfg, expand(cfg)[0]).data)
-    if size != 1:
-        check_batches(cfg, size)
+    make_objective(cfg).check(size)  # the device and dataset, or the user's entry point
     storage = default_storage(cfg, run_dir)
     study, points = prepare(cfg, storage, mkdir=mkdir, say=say)
     n = workers or cfg.workers
