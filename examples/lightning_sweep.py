@@ -141,4 +141,5 @@ if __name__ == "__main__":
         metric="accuracy",
         direction="maximize",
         version="convnet-fmnist-1",
+        mkdir=True,  # runs/ may not exist yet
     )

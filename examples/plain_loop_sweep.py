@@ -62,5 +62,6 @@ if __name__ == "__main__":
         metric="accuracy",
         direction="maximize",
         version="mlp-synthetic-1",
+        mkdir=True,  # runs/ may not exist yet
         settings={"epochs": 5},
     )
