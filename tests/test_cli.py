@@ -138,6 +138,30 @@ def _slope(widths: list[int], values: list[float]) -> float:
     return sxy / sum((a - mx) ** 2 for a in x)
 
 
+def test_coordcheck_depths(tmp_path: Path) -> None:
+    """``--depths``: the ResMLP at a fixed width, width-only against depth-aware μP², one row per
+    setting and folded block layer; JSON records per setting."""
+    out = tmp_path / "depth.json"
+    res = _invoke(
+        "coordcheck",
+        *("--model", "resmlp", "--depths", "2,4,8", "--width", "8", "--seeds", "1"),
+        *("--steps", "1", "--in-features", "8", "--batch-size", "8", "--json", str(out)),
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("resmlp at width 8, depths [2, 4, 8] (base 2), rule sam")
+    rows = _table(res.output.split("\n\n", 1)[1].rsplit("\nwrote", 1)[0], "setting ")
+    settings = {r["setting"] for r in rows}
+    assert settings == {"width-only μP²", "depth-aware μP² (α=1)"}
+    layers = [r["layer"] for r in rows if r["setting"] == "width-only μP²"]
+    assert layers[:2] == ["embed", "blocks.#.ln"] and "blocks.last.fc2" in layers
+    records = json.loads(out.read_text())
+    assert {r["setting"] for r in records} == settings
+    assert {r["widths"][-1] for r in records} == {8}  # the depths
+    bad = _invoke("coordcheck", "--depths", "2,4,8")
+    assert bad.exit_code == 2
+    assert "--depths sweeps --model resmlp or vit; the width check runs mlp" in bad.output
+
+
 def test_coordcheck_prints_slopes_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "sub" / "cc.json"
     res = _invoke(

@@ -35,15 +35,19 @@ def test_links_outside_docs_are_rewritten() -> None:
         "[Figure 1](results/figure1/figure1.png), ![fig](results/demo/figure1.png), "
         "[web](https://example.org/a.md) and [`cli.py`](../../src/mup2/cli.py)."
     )
-    plain = hook(md, _page("results.md"), {}, None)
+    docs = {"docs_dir": str(ROOT / "docs")}
+    plain = hook(md, _page("results.md"), docs, None)
     assert plain == (
         "See the study, [sweeps](sweeps.md#workers), [Figure 1](results/figure1/figure1.png), "
         "![fig](results/demo/figure1.png), [web](https://example.org/a.md) and `cli.py`."
     )
-    assert hook("[cli](../../src/mup2/cli.py)", _page("api/report.md"), {}, None) == "cli"
-    assert hook("[api](../report.md)", _page("api/report.md"), {}, None) == "[api](../report.md)"
+    assert hook("[cli](../../src/mup2/cli.py)", _page("api/report.md"), docs, None) == "cli"
+    assert hook("[api](../report.md)", _page("api/report.md"), docs, None) == "[api](../report.md)"
+    # a folder of docs/ (no page on the site) too; a missing file is left for --strict to catch
+    assert hook("[the study](results/figure1/)", _page("math.md"), docs, None) == "the study"
+    assert hook("[typo](reslts.md)", _page("math.md"), docs, None) == "[typo](reslts.md)"
     repo = "https://git.example/u/mup2"
-    linked = hook(md, _page("results.md"), {"repo_url": repo + "/"}, None)
+    linked = hook(md, _page("results.md"), docs | {"repo_url": repo + "/"}, None)
     assert f"[the study]({repo}/blob/main/experiments/figure1/README.md#run)" in linked
     assert "[sweeps](sweeps.md#workers)" in linked
 

@@ -182,7 +182,11 @@ def roles(
 @app.command()
 def coordcheck(
     model: Annotated[
-        str, typer.Option(parser=_choice("mlp"), help="model family (only 'mlp')")
+        str,
+        typer.Option(
+            parser=_choice("mlp", "resmlp", "vit"),
+            help="model family: mlp across widths; resmlp or vit across --depths",
+        ),
     ] = "mlp",
     widths: Annotated[
         str, typer.Option(help="comma-separated increasing widths, at least 3")
@@ -251,8 +255,25 @@ def coordcheck(
     table: Annotated[
         bool, typer.Option("--table", help="print Table 1 for every rule (markdown)")
     ] = False,
+    depths: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated increasing depths: sweep depth at --width (resmlp, vit), "
+            "width-only against depth-aware μP² (docs/math.md §9)"
+        ),
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(min=1, help="fixed width of --depths [resmlp 128, vit 64]")
+    ] = None,
+    base_depth: Annotated[
+        int | None, typer.Option(min=1, help="base depth of --depths [the smallest]")
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option(parser=_POSITIVE, help="branch exponent of --depths (1: CompleteP)")
+    ] = 1.0,
 ) -> None:
-    """Coordinate check: per-layer slopes of activation, update and perturbation RMS vs width."""
+    """Coordinate check: per-layer slopes of activation, update and perturbation RMS vs width
+    (or vs depth with --depths)."""
     import json
     from functools import partial
 
@@ -272,6 +293,16 @@ def coordcheck(
     for path, option in ((json_path, "--json"), (plot, "--plot")):
         if path is not None:
             _writable(path, option, directory=False)
+    if depths is not None or model != "mlp":
+        if depths is None or model == "mlp":
+            raise UserError("--depths sweeps --model resmlp or vit; the width check runs mlp")
+        if rule is not None and len(rule) > 1:
+            raise UserError("--depths runs one --rule")
+        _coordcheck_depths(
+            model, depths, width, base_depth, alpha, (rule or ["sam"])[0], rho, lr, steps,
+            seeds, batch_size, in_features, json_path,
+        )  # fmt: skip
+        return
     try:
         ws = [int(w) for w in widths.split(",") if w.strip()]
     except ValueError:
@@ -355,6 +386,55 @@ def coordcheck(
             out = plot if len(rules) == 1 else plot.with_name(f"{plot.stem}-{r}{plot.suffix}")
             plot_coord_checks([res for res in results if res.rule == r], out)
             typer.echo(f"wrote {out}")
+
+
+def _coordcheck_depths(
+    model: str,
+    depths: str,
+    width: int | None,
+    base_depth: int | None,
+    alpha: float,
+    rule: str,
+    rho: float,
+    lr: float,
+    steps: int,
+    seeds: int,
+    batch_size: int,
+    in_features: int,
+    json_path: Path | None,
+) -> None:
+    """``mup2 coordcheck --depths``: width-only and depth-aware μP² at a fixed width."""
+    import json
+
+    from mup2.coordcheck import records
+    from mup2.coordcheck.depth import depth_checks, format_depth_summary
+
+    try:
+        ds = [int(d) for d in depths.split(",") if d.strip()]
+    except ValueError:
+        raise UserError(f"--depths must be comma-separated integers, got {depths!r}") from None
+    w = width or (128 if model == "resmlp" else 64)
+    settings = [("width-only μP²", None, "mup2"), (f"depth-aware μP² (α={alpha:g})", alpha, "mup2")]
+    try:
+        results = depth_checks(
+            model, ds, width=w, settings=settings, base_depth=base_depth, rule=rule, rho=rho,
+            lr=lr, steps=steps, seeds=range(seeds), in_features=in_features,
+            batch_size=batch_size,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    typer.echo(
+        f"{model} at width {w}, depths {ds} (base {base_depth or ds[0]}), rule {rule}, "
+        f"rho={rho}, SGD lr={lr} (scheme mup-sgd), seeds 0..{seeds - 1}, step {steps} of "
+        f"{steps}; slope of log2 RMS vs log2 depth; 'rel.': minus the layer's activation slope "
+        "(removes a branch output's multiplier); P.#: mean over the blocks\n"
+    )
+    typer.echo(format_depth_summary(results, markdown=False))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        recs = [dict(r, setting=label) for label, res in results for r in records([res])]
+        json_path.write_text(json.dumps(recs, indent=1) + "\n")
+        typer.echo(f"wrote {json_path}")
 
 
 @app.command()

@@ -337,3 +337,57 @@ def test_config_resmlp_base_depth() -> None:
     assert p.depth is not None and p.depth.alpha == 0.5
     _, p = make_model(cfg(), input_shape=(20,), num_classes=5)
     assert p.depth is None  # width only
+
+
+# -- the perturbation's depth factor and the coordinate check across depth --------------------
+
+
+def test_sam_perturbation_depth_factor() -> None:
+    """μP² (``sam``) multiplies c and s of the blocks' tensors by D^(2a-1): x4 at D = 4, a = 1,
+    x1 at a = 1/2; the tensors outside the blocks keep theirs. LightSAM's Adam-like ascent
+    takes D^(a-1)."""
+    model = _resmlp(64, 8)
+    base = _meta(lambda: _resmlp(64, 2))
+    for alpha, want in ((1.0, 4.0), (0.5, 1.0)):
+        p = mup2.Parametrization.infer(model, base, "mup-sgd", alpha=alpha)
+        opt = mup2.SAM(p.param_groups(model, lr=0.1), rho=0.1)
+        plan = opt.perturbation_plan()
+        c = dict(zip([id(t) for t in plan.params], plan.c.tolist(), strict=True))
+        s = dict(zip([id(t) for t in plan.params], plan.s.tolist(), strict=True))
+        for name, param in model.named_parameters():
+            inside = name.startswith("blocks.")
+            assert c[id(param)] == s[id(param)] == (want if inside else 1.0), name
+        rows = {r["name"]: r["rho"] for r in p.rows()}
+        assert rows["blocks.3.fc1.weight"] == f"x{want:.3g}" and rows["head.weight"] == "x1"
+    p = mup2.Parametrization.infer(model, base, "mup-adam")
+    light = mup2.LightSAM(p.param_groups(model, lr=1e-3), "adam", rho=0.1)
+    assert set(light.perturbation_plan().c.tolist()) == {1.0}  # D^(a-1) = 1 at a = 1
+
+
+def test_coord_check_depth_flat_under_depth_aware_mup2() -> None:
+    """ResMLP width 16, depths 2-8 (base 2), SGD: under depth-aware μP² every block's update and
+    effective perturbation, relative to its activation, stays within ±0.25 of flat; CompleteP's
+    branches with the width-only perturbation make the blocks' perturbation vanish like 1/D."""
+    from mup2.coordcheck.depth import coord_check_depth, depth_factory
+
+    factory = depth_factory("resmlp", 16, in_features=8)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    aware = coord_check_depth(factory, [2, 4, 8], x, y, seeds=[0], steps=1, lr=0.1, rho=0.1)
+    names = [lay.name for lay in aware.layers]
+    assert "blocks.#.fc1" in names and "blocks.last.fc2" in names and "blocks.3.fc1" not in names
+
+    def rel(r: mup2.coordcheck.CoordCheck, layer: str, q: str) -> float:
+        return r.slope(layer, q) - r.slope(layer, "activation")
+
+    for layer in ("blocks.#.fc1", "blocks.#.fc2", "blocks.first.fc2", "blocks.last.fc1"):
+        for q in ("update", "effective_perturbation"):
+            assert abs(rel(aware, layer, q)) < 0.25, (layer, q, rel(aware, layer, q))
+    assert aware.slope("blocks.#.fc2", "activation") == pytest.approx(-1.0, abs=0.1)  # D^-1
+
+    def plain(groups: list[dict]) -> mup2.SAM:  # type: ignore[type-arg]
+        return mup2.SAM([{k: v for k, v in g.items() if k != "depth_mult"} for g in groups],
+                        rho=0.1)  # fmt: skip
+
+    naive = coord_check_depth(factory, [2, 4, 8], x, y, seeds=[0], steps=1, optimizer=plain)
+    assert rel(naive, "blocks.#.fc1", "effective_perturbation") < -0.6

@@ -27,6 +27,7 @@ from mup2.report import (
     make_report,
     optima_columns,
     sweep_metric,
+    write_summary,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -341,3 +342,25 @@ def test_report_of_a_real_user_sweep(tmp_path: Path) -> None:
         header = next(csv.reader(f))
     assert header[7:] == ["status", "val_loss", "val_perplexity", "seconds"]
     assert (tmp_path / "r" / "curves.png").stat().st_size > 10_000
+
+
+def test_a_width_where_every_run_diverged(tmp_path: Path) -> None:
+    """Its optimum is an unstable cell at +inf: no verdict, no gain, the table says inf."""
+    url = f"sqlite:///{tmp_path}/inf.db"
+    study = optuna.create_study(study_name="inf", storage=url, direction="minimize")
+    study.set_user_attr("sweep", user_config("val_loss", "minimize"))
+    loss = {(w, i, j): math.inf if w == 128 else 1.0 + i + j for w in (64, 128)
+            for i in range(2) for j in range(3)}  # fmt: skip
+    study.add_trials(
+        [
+            user_trial("mup2", w, LRS[i], RHOS[j], 0, {"val_loss": v}, "val_loss")
+            for (w, i, j), v in loss.items()
+        ]
+    )
+    a = analyze(load_sweep(url, "inf"))
+    t = a.transfers["mup2"]
+    assert (t.verdict, t.reason) == ("n/a", "no stable cell at width 128")
+    md = write_summary(a, tmp_path / "summary.md", [], []).read_text()
+    row = "| 128 | 2^-6 | 2^-6 | inf (one seed) | lowest η, lowest ρ > 0 | inf | inf (2^-6) | – |"
+    assert row in md
+    assert "| mup2 | 64, 128 | – | – | – | n/a | no stable cell at width 128 |" in md

@@ -745,6 +745,7 @@ def coord_check(
     optimizer: Callable[[list[dict[str, Any]]], SAM] | None = None,
     dtype: torch.dtype = torch.float64,
     attention: bool = True,
+    alpha: float | None = 1.0,
 ) -> CoordCheck:
     """Run ``steps`` SAM steps on the fixed batch ``(inputs, targets)`` at every width and seed,
     measuring every parametrized module (see the module docstring).
@@ -763,7 +764,9 @@ def coord_check(
     perturbation is taken from the optimizer's state, not from the gradient at ``w_t`` that
     the check computes for its measurements, so MSAM's first step is unperturbed.
     Values are averaged over ``seeds``. ``attention=False`` leaves attention logit scales as the
-    model computes them (see :meth:`mup2.Parametrization.infer`).
+    model computes them (see :meth:`mup2.Parametrization.infer`). ``alpha``: the residual-branch
+    exponent against a base of fewer blocks (``None``: width only), as in
+    :meth:`mup2.Parametrization.infer`; :func:`mup2.coordcheck.coord_check_depth` sweeps depth.
     Raises ``ValueError`` for fewer than 3 or non-increasing widths, and for a factory whose
     models do not differ in width.
     """
@@ -820,7 +823,9 @@ def coord_check(
                 if by_role and width == base_w:
                     other = _base_model(factory, ws[-1] if ws[-1] != base_w else ws[0])
                     over = {**role_overrides(model, other), **(overrides or {})}
-                p = Parametrization.infer(model, base, sch, overrides=over, attention=attention)
+                p = Parametrization.infer(
+                    model, base, sch, overrides=over, attention=attention, alpha=alpha
+                )
                 p.init_(model, seed=seed)
                 modules = _param_modules(model)
                 if width == ws[-1] and not layers:

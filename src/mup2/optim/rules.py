@@ -126,11 +126,17 @@ def _same(p: Power) -> dict[Role, Power]:
 
 
 _ONE = Power()
-_R = Power(out=1.0, in_=-1.0)  # r = m_out / m_in
+# r = m_out / m_in, times D^(2a-1) inside the residual blocks of a depth-aware parametrization
+# (D = L/L0, branches x D^-a; docs/math.md §9): a block's gradient scales like D^-a, so its
+# perturbation c g ~ D^(a-1) matches its update (Adam: LR D^(a-1); SGD: LR D^(2a-1) x D^-a), and
+# with s = c its share of the denominator, L D^(2a-1) D^-2a = L0, stays Θ(1). D = 1 elsewhere.
+_R = Power(out=1.0, in_=-1.0, depth=-1.0, alpha=2.0)
 _NAIVE = PerturbScaling(_same(_ONE), _same(_ONE))
 _GLOBAL = PerturbScaling(_same(Power(width=-0.5)), _same(_ONE))
 _LAYERWISE_R = PerturbScaling(_same(_R), _same(_R))
-_COUPLED = PerturbScaling(_same(_R), _same(Power(out=2.0, in_=-2.0, width=-1.0)))
+_COUPLED = PerturbScaling(
+    _same(_R), _same(Power(out=2.0, in_=-2.0, width=-1.0, depth=-2.0, alpha=4.0))
+)
 # The mup2 rows are the layerwise fixes; the coordinate check (mup2.coordcheck, docs/table1.md)
 # is the arbiter of whether each row perturbs every layer effectively. With c = s = k the
 # effective perturbation of W is ~ k_W T_W / sqrt(sum k_V T_V), T_W = ||A_W g_W||^2, so each k_W
@@ -151,7 +157,8 @@ _ASAM_MUP2 = PerturbScaling(
 _ASAM_LAYERWISE_MUP2 = PerturbScaling(
     {**_same(_ONE), Role.HIDDEN: Power(width=-1.0)}, {**_same(_ONE), Role.HIDDEN: Power(width=-1.0)}
 )
-_ADAM_LIKE = PerturbScaling(_same(Power(in_=-1.0)), _same(_ONE))
+# (in the blocks of a depth-aware parametrization x D^(a-1), as Adam's LR: docs/math.md §9)
+_ADAM_LIKE = PerturbScaling(_same(Power(in_=-1.0, depth=-1.0, alpha=1.0)), _same(_ONE))
 # - RWP: eps_W = rho c_W xi_W with xi ~ N(0, 1) entrywise, independent of the layer's input x,
 #   so the effective perturbation eps_W x has RMS rho c_W sqrt(fan_in) RMS(x): c = m_in^-1/2
 #   (1 on input-like, scalar-like and norm tensors, whose fan_in does not grow).

@@ -411,7 +411,8 @@ class SAM(torch.optim.Optimizer):
                     continue
                 role, n = Role(g["role"]), len(g["params"])
                 table = rule.scaling(g["scaling"])
-                args = (g["m_in"], g["m_out"], g["width_mult"])
+                depth = (g.get("depth_mult", 1.0), g.get("depth_alpha", 1.0))  # docs/math.md §9
+                args = (g["m_in"], g["m_out"], g["width_mult"], *depth)
                 c, s = table.c[role](*args), table.s[role](*args)
                 scale = g["weight_scale"] if g["scaling"] in rule.offset_scales else 1.0
                 params += g["params"]

@@ -135,13 +135,19 @@ class DepthSpec:
         """One line per stack for the role report."""
         lines = []
         for s in self.stacks:
+            if not s.branches:
+                lines.append(
+                    f"depth: {s.prefix or '(root)'}: {s.depth} blocks against {s.base_depth} in "
+                    "the base, width only (alpha=None): nothing changes with depth"
+                )
+                continue
             mult = s.ratio**-self.alpha
             where = ", ".join(f"{s.prefix}.N.{b}" if s.prefix else f"N.{b}" for b in s.branches)
             lines.append(
                 f"depth: {s.prefix or '(root)'}: {s.depth} blocks against {s.base_depth} in the "
                 f"base (L/L0 = {s.ratio:g}), alpha = {self.alpha:g}: branch multiplier "
-                f"x{mult:.3g} on {where}; in-block LR, eps and weight decay get the scheme's "
-                "depth factors (column L/L0)"
+                f"x{mult:.3g} on {where}; in-block LR, eps, weight decay and perturbation get "
+                "the depth factors (column L/L0)"
             )
         return "\n".join(lines)
 

@@ -482,9 +482,10 @@ class Parametrization:
                     "weight_scale": spec.weight_scale,
                     "norm": ts.norm,
                 }
-                if self.depth is not None:  # depth-aware: Adam's eps multiplier, L/L0
+                if self.depth is not None:  # depth-aware: Adam's eps multiplier, L/L0, alpha
                     g["eps_mult"] = spec.eps_mult
                     g["depth_mult"] = spec.depth_mult
+                    g["depth_alpha"] = self.depth.alpha
                 if lr is not None:
                     g["lr"] = lr
                 if weight_decay is not None:
@@ -520,7 +521,9 @@ class Parametrization:
         out = []
         for name, spec in self.tensors.items():
             ts = spec.shape
-            rho = ps.c[ts.role](ts.m_in, ts.m_out, self.width_mult) * spec.rho_mult
+            alpha = self.depth.alpha if self.depth is not None else 1.0
+            c = ps.c[ts.role](ts.m_in, ts.m_out, self.width_mult, spec.depth_mult, alpha)
+            rho = c * spec.rho_mult
             init = "default" if spec.init_mult is None else f"x{spec.init_mult:.3g}"
             if spec.init.kind == "keep":
                 init = "keep"

@@ -357,8 +357,9 @@ def _optima_table(a: Analysis, p: str) -> str:
         bb = o.best_base
         best = f"{m.fmt(bb.mean)} ({_pow2(bb.lr)})" if bb is not None else "–"
         g_, ci = _gain(o)
-        gain = "–" if g_ is None else m.fmt(g_, signed=True)
-        if g_ is not None and ci is not None and math.isfinite(ci):
+        finite = g_ is not None and math.isfinite(g_)
+        gain = m.fmt(g_, signed=True) if g_ is not None and finite else "–"
+        if finite and ci is not None and math.isfinite(ci):
             gain += f" ± {m.fmt(ci)}"
         edge = ", ".join(o.edges) or "–"
         rows.append([str(w), _pow2(o.lr), _pow2(o.rho), acc, edge, base, best, gain, runs, todo])
