@@ -391,3 +391,10 @@ def test_coord_check_depth_flat_under_depth_aware_mup2() -> None:
 
     naive = coord_check_depth(factory, [2, 4, 8], x, y, seeds=[0], steps=1, optimizer=plain)
     assert rel(naive, "blocks.#.fc1", "effective_perturbation") < -0.6
+
+
+def test_sp_matches_a_shallower_base_and_scales_nothing() -> None:
+    p = mup2.Parametrization.infer(_resmlp(64, 8), _meta(lambda: _resmlp(64, 2)), "sp")
+    assert p.forward_mults == {} and p.depth is not None and p.depth.stacks[0].branches == ()
+    assert {t.lr_mult for t in p.tensors.values()} == {1.0}
+    assert "width only (alpha=None, or a scheme without depth rules)" in p.report()

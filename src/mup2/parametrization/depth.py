@@ -138,7 +138,8 @@ class DepthSpec:
             if not s.branches:
                 lines.append(
                     f"depth: {s.prefix or '(root)'}: {s.depth} blocks against {s.base_depth} in "
-                    "the base, width only (alpha=None): nothing changes with depth"
+                    "the base, width only (alpha=None, or a scheme without depth rules): "
+                    "nothing changes with depth"
                 )
                 continue
             mult = s.ratio**-self.alpha

@@ -273,6 +273,8 @@ class Parametrization:
         dspec = infer_depth(
             model, base, depth=depth, base_depth=base_depth, alpha=alpha, branches=branches
         )
+        if dspec is not None and scheme.depth is None:  # SP: matched, nothing scaled
+            dspec = DepthSpec(tuple(replace(s, branches=()) for s in dspec.stacks), 0.0)
         shapes = infer_shapes(model, _depth_base(model, base, dspec))
         owners = {
             normalize_name(o.name): o
