@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -69,7 +69,8 @@ def _log2(x: float) -> str:
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    fig1 = analyze(load_sweep(FIGURE1, "figure1-mlp"))
+    figure1 = load_sweep(FIGURE1, "figure1-mlp")  # its widths 64 and 512 only, as the variants'
+    fig1 = analyze(replace(figure1, runs=tuple(r for r in figure1.runs if r.width in (BASE, WIDE))))
     rows = _rows("sgd", fig1, "mup2", base_only=True) + _rows("sam", fig1, "mup2", False)
     import optuna
 
