@@ -18,7 +18,8 @@ learning rate warmed up then cosine-decayed by the Trainer. The metric is the va
 (nats per byte), minimized; the validation loss at each evaluation is reported as the run's
 curve.
 
-Run the study: ``nice python examples/hf_gpt_sweep.py`` (see ``experiments/hf-gpt/``).
+Run ``python examples/hf_gpt_sweep.py`` for a quick grid (``runs/hf-gpt-quick.db``); the study is
+``experiments/hf-gpt/study.toml`` (``mup2 sweep experiments/hf-gpt/study.toml``).
 """
 
 from __future__ import annotations
@@ -169,3 +170,24 @@ def objective(point: mup2.sweep.Point, report: mup2.sweep.Reporter) -> dict[str,
         if last["step"] != s["steps"]:  # steps not a multiple of the evaluation interval
             last = trainer.evaluate()
     return {"val_loss": float(last["eval_loss"]), "train_loss": float(result.training_loss)}
+
+
+if __name__ == "__main__":  # a quick look (2 CPU-minutes); the study: experiments/hf-gpt/
+    mup2.sweep.run(
+        objective,
+        name="hf-gpt-quick",
+        storage="sqlite:///runs/hf-gpt-quick.db",
+        grid={
+            "parametrizations": ["mup2"],
+            "widths": [64, 128],
+            "lr": [0.002, 0.004],
+            "rho": [0.0, 0.01],
+            "seeds": [0],
+        },
+        metric="val_loss",
+        direction="minimize",
+        version="gpt2-bytes-quick-1",
+        optimizer="adamw",
+        settings={"steps": 150},
+        mkdir=True,  # runs/ may not exist yet
+    )

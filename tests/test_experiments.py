@@ -28,3 +28,31 @@ def test_config_and_every_trial_validate(path: Path) -> None:
     if path.parent.name == "figure1":  # the width studies
         widths = sorted({p.width for p in points})
         assert len(widths) >= 4 and widths[-1] / widths[0] >= 8
+
+
+def test_depth_study_configs() -> None:
+    """The depth study (experiments/depth/): one config per variant and depth, all in one store,
+    every one trained by run.py; the two μP² variants differ only in the base depth."""
+    import importlib.util
+
+    folder = Path(__file__).resolve().parents[1] / "experiments" / "depth"
+    spec = importlib.util.spec_from_file_location("depth_run", folder / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    paths = sorted(folder.glob("*.toml"))
+    assert sorted(run.ORDER) == sorted(p.stem for p in paths)
+    cfgs = {p.stem: load_sweep_config(p) for p in paths}
+    assert len({c.storage for c in cfgs.values()}) == 1
+    assert len({c.name for c in cfgs.values()}) == len(cfgs)
+    for variant, base_depth in (("aware", 2), ("widthonly", None)):
+        depths = [2]
+        for stem, c in cfgs.items():
+            if stem.startswith(f"{variant}-d"):
+                model = c.train.model  # type: ignore[union-attr]
+                assert model.depth == int(stem.removeprefix(f"{variant}-d"))
+                assert (model.width, model.base_depth, c.grid.widths) == (128, base_depth, [128])
+                depths.append(model.depth)
+        assert sorted(depths) == [2, 4, 8, 16, 32]
+    d2 = cfgs["d2"].train.model  # type: ignore[union-attr]
+    assert (d2.depth, d2.base_depth) == (2, 2)  # every depth factor 1: both variants' depth 2

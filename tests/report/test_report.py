@@ -298,3 +298,25 @@ def test_shared_base_runs_only_at_the_widths_a_parametrization_ran(tmp_path: Pat
     o = a.optimum("mup2", 256)
     assert o is not None and o.rho == RHOS[1] and o.base is not None
     assert a.transfers["mup2"].verdict == "n/a"
+
+
+def test_another_scaling_axis(storage: str, tmp_path: Path) -> None:
+    """A sweep whose ``width`` holds another scaling axis (a depth study's depths) is reported
+    with that axis's name: the verdicts are the same, the summary says depth."""
+    import dataclasses
+
+    from mup2.report import plot_figure1, plot_transfer, write_summary
+
+    sweep = dataclasses.replace(load_sweep(storage, "fixture"), axis="depth")
+    a = analyze(sweep)
+    assert a.transfers == analyze(load_sweep(storage, "fixture")).transfers
+    figs = [plot_figure1(a, tmp_path / "figure1.png"), plot_transfer(a, tmp_path / "t.png")]
+    md = write_summary(a, tmp_path / "summary.md", figs, []).read_text()
+    assert "| parametrization | depths | η* moves | ρ* moves | accuracy, largest − smallest " \
+        "depth |" in md  # fmt: skip
+    assert "| mup2 | 64, 128, 256 | 0 steps | 0 steps | +2.00 points | **holds** |" in md
+    assert "## Optima per parametrization and depth" in md and "\n| depth | η* | ρ* |" in md
+    assert "across all depths with a finished optimum" in md
+    assert "width" not in md.replace("Figure 1", "")
+    one = dataclasses.replace(sweep, runs=tuple(r for r in sweep.runs if r.width == 64))
+    assert analyze(one).transfers["mup2"].reason == "one depth"

@@ -369,16 +369,16 @@ def _edges(g: Grid, c: Cell) -> tuple[str, ...]:
 
 
 def _transfer(
-    g: Grid, optima: list[Optimum], max_steps: int, tolerance: float, m: Metric
+    g: Grid, optima: list[Optimum], max_steps: int, tolerance: float, m: Metric, axis: str
 ) -> Transfer:
     ws = tuple(o.width for o in optima)
     provisional = g.missing() > 0
     if len(optima) < 2:
-        why = "one width" if optima else "no finished runs"
+        why = f"one {axis}" if optima else "no finished runs"
         return Transfer(g.parametrization, "n/a", ws, 0, 0, math.nan, why, provisional)
     bad = [o.width for o in optima if o.cell.unstable]
     if bad:
-        why = f"no stable cell at width {', '.join(map(str, bad))}"
+        why = f"no stable cell at {axis} {', '.join(map(str, bad))}"
         return Transfer(g.parametrization, "n/a", ws, 0, 0, math.nan, why, provisional)
     li = [g.lrs.index(o.lr) for o in optima]
     rhos = g.sam_rhos if all(o.rho > 0 for o in optima) else g.rhos
@@ -475,7 +475,7 @@ def analyze(
     for p, g in grids.items():
         found = [o for w in g.widths if (o := _optimum(g, w, within, m)) is not None]
         optima.update({(p, o.width): o for o in found})
-        transfers[p] = _transfer(g, found, max_steps, tolerance, m)
+        transfers[p] = _transfer(g, found, max_steps, tolerance, m, sweep.axis)
     return Analysis(
         sweep,
         unstable_below,

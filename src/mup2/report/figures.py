@@ -318,7 +318,7 @@ def plot_figure1(a: Analysis, path: Path, parametrizations: Sequence[str] | None
                     ax.text(
                         0.5,
                         0.5,
-                        f"{p}\nwidth {w}: not run",
+                        f"{p}\n{a.sweep.axis} {w}: not run",
                         ha="center",
                         va="center",
                         transform=ax.transAxes,
@@ -326,7 +326,7 @@ def plot_figure1(a: Analysis, path: Path, parametrizations: Sequence[str] | None
                     )
                     continue
                 _heatmap(ax, a, g, w, norm, cmap)
-                ax.set_title(f"width {w}", pad=3)
+                ax.set_title(f"{a.sweep.axis} {w}", pad=3)
                 if c == 0 or widths[c - 1] not in g.widths:
                     ax.set_ylabel(f"{p}\nlog$_2$ ρ" if nr > 1 else "log$_2$ ρ")
                 if r == nr - 1 or any(w not in a.grids[q].widths for q in ps[r + 1 :]):
@@ -401,7 +401,7 @@ def plot_rho_slice(a: Analysis, path: Path) -> Path:
             x = [c.rho for c in cs]
             y = [c.mean for c in cs]
             s = [_two_sd(c) for c in cs]
-            where = f", width {o.width}" if len(widths) > 1 else ""
+            where = f", {a.sweep.axis} {o.width}" if len(widths) > 1 else ""
             label = f"{p} (η* = {_pow2(o.lr)}{where})"
             ax.plot(x, y, marker="o", ms=3.5, lw=1.5, color=col, label=label)
             ax.fill_between(
@@ -466,7 +466,7 @@ def plot_rho_slice(a: Analysis, path: Path) -> Path:
             title_fontsize=7,
         )
         top = sorted(widths)[-1] if len(widths) == 1 else "largest"
-        ax.set_title(f"Slice at the optimal η, width {top}")
+        ax.set_title(f"Slice at the optimal η, {a.sweep.axis} {top}")
         if not series:
             ax.text(
                 0.5, 0.5, "no finished SAM runs", ha="center", va="center", transform=ax.transAxes
@@ -517,7 +517,7 @@ def plot_transfer(a: Analysis, path: Path) -> Path:
             ax.minorticks_off()
             if widths:
                 ax.set_xlim(widths[0] / 2**0.4, widths[-1] * 2**0.4)
-            ax.set_xlabel("width")
+            ax.set_xlabel(a.sweep.axis)
             ax.grid(alpha=0.25, lw=0.5)
             ax.spines[["top", "right"]].set_visible(False)
         kinds = {o.cell.spread_kind for o in a.optima.values() if o.cell.n >= 2}
@@ -577,7 +577,8 @@ def plot_curves(a: Analysis, path: Path) -> Path:
                     *zip(*curve, strict=True),
                     color=cmap(0.85 - 0.75 * k),
                     lw=1.4,
-                    label=f"width {w} (η* = {_pow2(o.lr)}, ρ* = {_pow2(o.rho) if o.rho else 0})",
+                    label=f"{a.sweep.axis} {w} (η* = {_pow2(o.lr)}, "
+                    f"ρ* = {_pow2(o.rho) if o.rho else 0})",
                 )
                 drawn = True
             ax.set_title(p)

@@ -121,6 +121,10 @@ class Sweep:
     a built-in sweep."""
     version: str | None = None
     """A user sweep's declared version of its training setup (``sweep["train"]["version"]``)."""
+    axis: str = "width"
+    """What the runs' :attr:`Run.width` counts, as the figures and the summary name it: the
+    width, or another scaling axis a caller put there (``"depth"``: a depth study's runs with
+    their depth as ``width``, ``dataclasses.replace(sweep, runs=..., axis="depth")``)."""
 
     @property
     def done(self) -> tuple[Run, ...]:

@@ -193,7 +193,7 @@ def write_summary(a: Analysis, path: Path, figures: Sequence[Path], tables: Sequ
         "",
         _criterion(a),
         "",
-        "## Optima per parametrization and width",
+        f"## Optima per parametrization and {s.axis}",
     ]
     for p in s.parametrizations:
         g = a.grids[p]
@@ -219,7 +219,7 @@ def write_summary(a: Analysis, path: Path, figures: Sequence[Path], tables: Sequ
                 f"(grey in the heatmaps); {_seeds(g.pending_seeds())} not finished."
             )
         if len(g.widths) == 1:
-            lines.append("A single width: no transfer verdict.")
+            lines.append(f"A single {s.axis}: no transfer verdict.")
     lines += ["", "## Figures", ""]
     lines += [f"- [`{f.name}`]({f.name}): {_describe(f.name, a)}" for f in figures]
     lines += ["", "## Tables", ""]
@@ -230,7 +230,7 @@ def write_summary(a: Analysis, path: Path, figures: Sequence[Path], tables: Sequ
 
 
 _OPTIMUM = (
-    "The optimum (η*, ρ*) of a width is the stable cell with the best mean over ρ > 0 (over "
+    "The optimum (η*, ρ*) of a {axis} is the stable cell with the best mean over ρ > 0 (over "
     "ρ = 0 if no SAM run finished; over unstable cells if no stable one); *base* is the base "
     "optimizer (ρ = 0) at the same η, *best base* the base optimizer at its own best η, and "
     "*SAM − best base* SAM's gain with the 95% Welch interval of the difference. *Edge*: the "
@@ -251,12 +251,13 @@ def _objective(a: Analysis) -> list[str]:
 def _definitions(a: Analysis) -> str:
     """The paragraph that says what the numbers are."""
     m = a.metric
+    optimum = _OPTIMUM.format(axis=a.sweep.axis)
     if m == TEST_ACCURACY:
         below = f"{100 * a.unstable_below:g}%" if a.unstable_below is not None else "no"
         return (
             f"Accuracy is the final test accuracy in percent, the mean over seeds; {_SPREAD} A run "
             f"is *unstable* when it diverged or ends below {below} test accuracy; a cell (η, ρ) "
-            f"is unstable when its mean is below that or half of its seeds are. {_OPTIMUM}"
+            f"is unstable when its mean is below that or half of its seeds are. {optimum}"
         )
     unit = " in percent" if m.percent else ""
     past = "below" if m.maximize else "above"
@@ -269,34 +270,34 @@ def _definitions(a: Analysis) -> str:
         f"the function returned, the mean over seeds; {_SPREAD} A run is *unstable* when it "
         f"diverged (it counts as {m.diverged:g}){limit}; a cell (η, ρ) is unstable when its mean "
         f"is {'not finite' if t is None else past + ' that or not finite'} or half of its seeds "
-        f"are unstable. The best mean is the {best}. {_OPTIMUM} SAM − best base is in the "
+        f"are unstable. The best mean is the {best}. {optimum} SAM − best base is in the "
         f"metric's units{gain}."
     )
 
 
 def _criterion(a: Analysis) -> str:
     """The paragraph that states the transfer criterion."""
-    m = a.metric
+    m, w = a.metric, a.sweep.axis
     head = (
-        "Criterion (`docs/math.md` §7): transfer holds when, across all widths with a finished "
+        f"Criterion (`docs/math.md` §7): transfer holds when, across all {w}s with a finished "
         f"optimum, η* and ρ* each stay within {_steps(a.max_steps)} of the log2-spaced grid "
         "(largest minus smallest grid index) and "
     )
     tail = (
-        "*Provisional*: some planned cells have not finished yet. n/a: fewer than two widths, or "
-        "a width without a stable cell."
+        f"*Provisional*: some planned cells have not finished yet. n/a: fewer than two {w}s, or "
+        f"a {w} without a stable cell."
     )
     if m.percent:
         what = "accuracy" if m == TEST_ACCURACY else m.name
         return (
-            f"{head}the {what} at the optimum of the largest width is at least that of the "
-            f"smallest width minus {m.fmt_tolerance(a.tolerance)}. {tail}"
+            f"{head}the {what} at the optimum of the largest {w} is at least that of the "
+            f"smallest {w} minus {m.fmt_tolerance(a.tolerance)}. {tail}"
         )
     bound = "at least" if m.maximize else "at most"
     sign = "minus" if m.maximize else "plus"
     return (
-        f"{head}`{m.name}` at the optimum of the largest width is {bound} that of the smallest "
-        f"width {sign} {m.fmt_tolerance(a.tolerance)} of its magnitude (a relative tolerance: "
+        f"{head}`{m.name}` at the optimum of the largest {w} is {bound} that of the smallest "
+        f"{w} {sign} {m.fmt_tolerance(a.tolerance)} of its magnitude (a relative tolerance: "
         f"the metric's scale is the sweep's own). {tail}"
     )
 
@@ -305,10 +306,10 @@ def _transfer_table(a: Analysis) -> str:
     """The transfer verdict of every parametrization, as markdown."""
     header = (
         "parametrization",
-        "widths",
+        f"{a.sweep.axis}s",
         "η* moves",
         "ρ* moves",
-        f"{a.metric.column}, largest − smallest width",
+        f"{a.metric.column}, largest − smallest {a.sweep.axis}",
         "transfer",
         "why",
     )
@@ -328,7 +329,7 @@ def _transfer_table(a: Analysis) -> str:
 def _optima_table(a: Analysis, p: str) -> str:
     """The optimum of every width of parametrization ``p``, as markdown."""
     header = (
-        "width",
+        a.sweep.axis,
         "η*",
         "ρ*",
         a.metric.column,
@@ -367,21 +368,22 @@ def _optima_table(a: Analysis, p: str) -> str:
 
 
 def _describe(name: str, a: Analysis) -> str:
-    m = a.metric
+    m, w = a.metric, a.sweep.axis
     if name == "figure1.png":
         return (
             f"Figure 1: {m.label} over (log2 η, log2 ρ), rows parametrizations, columns "
-            f"widths; star the optimum, outline the cells within {m.fmt_tolerance(a.within)} "
+            f"{w}s; star the optimum, outline the cells within {m.fmt_tolerance(a.within)} "
             "of it, hatched unstable, grey unfinished, ρ = 0 (base optimizer) the bottom row"
         )
     if name.startswith("figure1-"):
         return f"Figure 1 for {name.removeprefix('figure1-').removesuffix('.png')} alone"
     return {
         "rho-slice.png": f"{m.column} against ρ at each parametrization's optimal η, largest "
-        "width, mean ± 2 sd over seeds; dashed: the base optimizer at the same η",
-        "transfer.png": f"η*, ρ* and the {m.column} at the optimum against width",
-        "curves.png": f"{m.name} against {a.sweep.curve_axis} at each width's optimum, mean "
+        f"{w}, mean ± 2 sd over seeds; dashed: the base optimizer at the same η",
+        "transfer.png": f"η*, ρ* and the {m.column} at the optimum against {w}",
+        "curves.png": f"{m.name} against {a.sweep.curve_axis} at each {w}'s optimum, mean "
         "over its seeds, one panel per parametrization",
         "trials.csv": "every trial of the study, whatever its state",
-        "optima.csv": "the optimum of every parametrization and width",
+        "optima.csv": f"the optimum of every parametrization and {w}"
+        + ("" if w == "width" else " (its column `width`)"),
     }.get(name, "")
