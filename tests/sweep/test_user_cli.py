@@ -161,13 +161,7 @@ def test_ctrl_c_of_mup2_sweep_then_a_resume(tmp_path: Path) -> None:
         start_new_session=True,
     )
     assert proc.stdout is not None
-    done = False
-    for line in proc.stdout:
-        done |= bool(re.search(r"trial \d+ complete", line))
-        if done and re.search(r"trial \d+ started", line):
-            break
-    else:
-        pytest.fail("the sweep ended before it could be interrupted")
+    list(lines_until(proc.stdout, r"trial \d+ complete", r"trial \d+ started"))
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "run the same command again to resume" in err, err
