@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
-from optuna.trial import TrialState
 from sweeps import (
     CLI,
     FOREGROUND_CLI,
     assert_complete_once,
     grid_trials,
+    kill_a_worker_then_rerun,
     lines_until,
     new_database,
 )
@@ -128,24 +128,7 @@ def test_a_killed_mup2_worker_loses_no_run_and_repeats_none(tmp_path: Path) -> N
     )
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     study, points = prepare(load_sweep_config(path), url)
-    args = [*CLI, "worker", "--storage", url, "--study", "kill"]
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert first.stdout is not None
-    _, started = lines_until(first.stdout, r"trial \d+ complete", r"trial (\d+) started")
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
-    first.stdout.close()
-    before = {t.number: t.value for t in grid_trials(url, "kill") if t.state.is_finished()}
-    assert before and sweep_state(study, points).running == 1
-
-    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert f"ran {len(points) - len(before)} trials" in second.stdout
-    assert_complete_once(url, "kill", len(points))
-    after = {t.number: t.value for t in grid_trials(url, "kill") if t.state.is_finished()}
-    assert {n: after[n] for n in before} == before
-    (lost,) = [t for t in grid_trials(url, "kill") if t.state == TrialState.FAIL]
-    assert lost.number == int(started[1]) and lost.user_attrs["error"] == "its worker died"
+    kill_a_worker_then_rerun(url, "kill", study, points)
 
 
 @pytest.mark.slow
