@@ -62,6 +62,9 @@ NOT_IN_REPO = {
     "under runs/ (git-ignored), e.g. runs/demo/report/",
     "DIR/": "placeholder: docs/errors.md writes DIR for the temporary directory that "
     "tests/test_errors.py runs each bad input in",
+    "../../examples/": "a user sweep's objective as its store records it, relative to the "
+    "sweep config's folder: docs/results/hf-gpt/summary.md names "
+    "experiments/hf-gpt/study.toml's objective, examples/hf_gpt_sweep.py",
 }
 
 _URL = re.compile(r"[A-Za-z][\w+.-]*://\S*")

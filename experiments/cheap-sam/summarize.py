@@ -104,19 +104,21 @@ def main() -> None:
             points.append((r.method, width, cost, r.cell.mean, r.cell.spread))
     (OUT / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for width, marker in ((BASE, "o"), (WIDE, "s")):
-        for method, w, cost, mean, spread in points:
-            if w != width or math.isnan(cost):
-                continue
-            ax.errorbar(cost, 100 * mean, yerr=100 * spread, fmt=marker, capsize=3)
-            ax.annotate(
-                f"{method} ({w})",
-                (cost, 100 * mean),
-                fontsize=7,
-                xytext=(4, 3),
-                textcoords="offset points",
-            )
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(p[0] for p in points))}
+    for method, width, cost, mean, spread in points:
+        if math.isnan(cost):
+            continue
+        ax.errorbar(
+            cost,
+            100 * mean,
+            yerr=100 * spread,
+            fmt="o" if width == BASE else "s",
+            color=colors[method],
+            capsize=3,
+            label=method if width == BASE else None,
+        )
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel("wall-clock per epoch / SGD's")
     ax.set_ylabel("test accuracy (%), 95% CI over seeds")
     ax.set_title("Cheap SAM variants under μP², R1 (circles: width 64, squares: 512)")

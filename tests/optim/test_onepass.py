@@ -34,11 +34,8 @@ SCALINGS = ("naive", "global", "mup2")
 WORLD = 2
 
 
-@pytest.fixture(autouse=True)
-def _float64() -> Any:
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
+#: Every test builds its models in float64 (conftest.py's fixture).
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _setup(scheme: str = "mup-sgd", **group_kw: Any) -> tuple[nn.Module, list[dict[str, Any]]]:

@@ -25,11 +25,8 @@ from nets import mlp
 LR, RHO, ALPHA = 0.1, 0.2, 0.7
 
 
-@pytest.fixture(autouse=True)
-def _float64() -> Any:
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
+#: Every test builds its models in float64 (conftest.py's fixture).
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def data(seed: int, n: int = 16) -> tuple[Tensor, Tensor]:

@@ -12,8 +12,8 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, create_trial
+from stores import distributions
 from typer.testing import CliRunner
 
 from mup2.cli import app
@@ -36,13 +36,7 @@ PARS = ("mup2", "mup-naive", "sp-naive")
 WIDTHS = (64, 128, 256)
 LRS = (2.0**-6, 2.0**-5, 2.0**-4, 2.0**-3)
 RHOS = (0.0, 2.0**-6, 2.0**-4, 2.0**-2)
-DIST = {
-    "parametrization": CategoricalDistribution(PARS),
-    "width": IntDistribution(1, 1 << 20),
-    "lr": FloatDistribution(1e-8, 1e3, log=True),
-    "rho": FloatDistribution(0.0, 1e3),
-    "seed": IntDistribution(0, 1000),
-}
+DIST = distributions(PARS)
 
 
 def user_config(metric: str, direction: str) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
+from stores import distributions
 from typer.testing import CliRunner
 
 from mup2.cli import app
@@ -31,13 +31,7 @@ PARS = ("sp-naive", "mup-naive", "mup2")
 WIDTHS = (64, 128, 256)
 LRS = (2.0**-4, 2.0**-3, 2.0**-2, 2.0**-1)
 RHOS = (0.0, 2.0**-6, 2.0**-4, 2.0**-2)
-DIST = {
-    "parametrization": CategoricalDistribution(PARS),
-    "width": IntDistribution(1, 1 << 20),
-    "lr": FloatDistribution(1e-8, 1e3, log=True),
-    "rho": FloatDistribution(0.0, 1e3),
-    "seed": IntDistribution(0, 1000),
-}
+DIST = distributions(PARS)
 
 
 def optimum(p: str, k: int) -> tuple[int, int, float]:

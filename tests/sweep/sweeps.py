@@ -8,6 +8,8 @@ import multiprocessing as mp
 import os
 import re
 import select
+import signal
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +19,8 @@ from typing import IO, Any
 import optuna
 import pytest
 from optuna.trial import TrialState
+
+from mup2.sweep import GridPoint, sweep_state
 
 TRAIN: dict[str, Any] = {
     "epochs": 1,
@@ -93,6 +97,33 @@ def lines_until(stream: IO[str], *patterns: str) -> Iterator[re.Match[str]]:
                 break
         else:
             pytest.fail(f"the output ended before a line matching {pattern!r}")
+
+
+def kill_a_worker_then_rerun(
+    url: str, name: str, study: optuna.Study, points: list[GridPoint]
+) -> None:
+    """``mup2 worker`` on study ``name`` (prepared with ``points``) is killed with SIGKILL while
+    it runs a trial, after one finished: that trial stays running. A second worker runs every
+    other point exactly once, keeps the finished values and marks the killed trial failed
+    ("its worker died")."""
+    args = [*CLI, "worker", "--storage", url, "--study", name]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert first.stdout is not None
+    _, started = lines_until(first.stdout, r"trial \d+ complete", r"trial (\d+) started")
+    os.kill(first.pid, signal.SIGKILL)  # it holds a running trial: it printed so after claiming
+    first.wait()
+    first.stdout.close()
+    before = {t.number: t.value for t in grid_trials(url, name) if t.state.is_finished()}
+    assert before and sweep_state(study, points).running == 1
+
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert f"ran {len(points) - len(before)} trials" in second.stdout
+    assert_complete_once(url, name, len(points))
+    after = {t.number: t.value for t in grid_trials(url, name) if t.state.is_finished()}
+    assert {n: after[n] for n in before} == before  # finished work kept, not rerun
+    (lost,) = [t for t in grid_trials(url, name) if t.state == TrialState.FAIL]
+    assert lost.number == int(started[1]) and lost.user_attrs["error"] == "its worker died"
 
 
 def wait_exit(pid: int, timeout: float = 120) -> None:

@@ -26,6 +26,7 @@ from sweeps import (
     TRAIN,
     assert_complete_once,
     grid_trials,
+    kill_a_worker_then_rerun,
     lines_until,
     new_database,
     sweep,
@@ -226,24 +227,7 @@ def test_a_restarted_worker_takes_over_its_killed_predecessors_trial(tmp_path: P
     cfg = parse_sweep_config(sweep("kill", train=SLOW, grid=SLOW_GRID, heartbeat_seconds=60))
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     study, points = prepare(cfg, url)
-    args = [*CLI, "worker", "--storage", url, "--study", "kill"]
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert first.stdout is not None
-    _, started = lines_until(first.stdout, r"trial \d+ complete", r"trial (\d+) started")
-    os.kill(first.pid, signal.SIGKILL)  # it holds a running trial: it printed so after claiming
-    first.wait()
-    first.stdout.close()
-    before = {t.number: t.value for t in grid_trials(url, "kill") if t.state.is_finished()}
-    assert before and sweep_state(study, points).running == 1
-
-    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert f"ran {len(points) - len(before)} trials" in second.stdout
-    assert_complete_once(url, "kill", len(points))
-    after = {t.number: t.value for t in grid_trials(url, "kill") if t.state.is_finished()}
-    assert {n: after[n] for n in before} == before  # finished work kept, not rerun
-    (lost,) = [t for t in grid_trials(url, "kill") if t.state == TrialState.FAIL]
-    assert lost.number == int(started[1]) and lost.user_attrs["error"] == "its worker died"
+    kill_a_worker_then_rerun(url, "kill", study, points)
 
 
 def test_workers_stop_when_their_driver_is_killed(tmp_path: Path) -> None:

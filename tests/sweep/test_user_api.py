@@ -19,7 +19,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
-from sweeps import assert_complete_once, grid_trials, new_database
+from sweeps import assert_complete_once, grid_trials, lines_until, new_database
 
 import mup2
 from mup2.config import ConfigError
@@ -415,13 +415,7 @@ def test_a_killed_worker_of_a_script_is_replaced_and_its_point_runs_again(tmp_pa
 def test_ctrl_c_of_a_script_then_a_resume_keeps_the_finished_runs(tmp_path: Path) -> None:
     proc = _driver(tmp_path, 2)
     assert proc.stdout is not None
-    done = False
-    for line in proc.stdout:
-        done |= bool(re.search(r"trial \d+ complete", line))
-        if done and re.search(r"trial \d+ started", line):
-            break
-    else:
-        pytest.fail("the sweep ended before it could be interrupted")
+    list(lines_until(proc.stdout, r"trial \d+ complete", r"trial \d+ started"))
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in out, err

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
-from optuna.trial import TrialState
 from sweeps import (
     CLI,
     FOREGROUND_CLI,
     assert_complete_once,
     grid_trials,
+    kill_a_worker_then_rerun,
     lines_until,
     new_database,
 )
@@ -128,24 +128,7 @@ def test_a_killed_mup2_worker_loses_no_run_and_repeats_none(tmp_path: Path) -> N
     )
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     study, points = prepare(load_sweep_config(path), url)
-    args = [*CLI, "worker", "--storage", url, "--study", "kill"]
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert first.stdout is not None
-    _, started = lines_until(first.stdout, r"trial \d+ complete", r"trial (\d+) started")
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
-    first.stdout.close()
-    before = {t.number: t.value for t in grid_trials(url, "kill") if t.state.is_finished()}
-    assert before and sweep_state(study, points).running == 1
-
-    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert f"ran {len(points) - len(before)} trials" in second.stdout
-    assert_complete_once(url, "kill", len(points))
-    after = {t.number: t.value for t in grid_trials(url, "kill") if t.state.is_finished()}
-    assert {n: after[n] for n in before} == before
-    (lost,) = [t for t in grid_trials(url, "kill") if t.state == TrialState.FAIL]
-    assert lost.number == int(started[1]) and lost.user_attrs["error"] == "its worker died"
+    kill_a_worker_then_rerun(url, "kill", study, points)
 
 
 @pytest.mark.slow
@@ -161,13 +144,7 @@ def test_ctrl_c_of_mup2_sweep_then_a_resume(tmp_path: Path) -> None:
         start_new_session=True,
     )
     assert proc.stdout is not None
-    done = False
-    for line in proc.stdout:
-        done |= bool(re.search(r"trial \d+ complete", line))
-        if done and re.search(r"trial \d+ started", line):
-            break
-    else:
-        pytest.fail("the sweep ended before it could be interrupted")
+    list(lines_until(proc.stdout, r"trial \d+ complete", r"trial \d+ started"))
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "run the same command again to resume" in err, err

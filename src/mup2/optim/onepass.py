@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from mup2.errors import check_integer
-from mup2.optim.contexts import gradient_sync
 from mup2.optim.perturb import gaussian
 from mup2.optim.rules import ONEPASS_RULES, Rule, get_rule
 from mup2.optim.sam import SAM, Plan, Restore
@@ -93,20 +92,13 @@ class OnePassSAM(SAM):
         """One step with gradient accumulation over ``micro_batches`` at ``w + eps``; returns
         the mean loss there (detached). ``loss_fn(batch)``: the mean loss of one micro-batch;
         gradients are reduced in the last micro-batch's backward only (with ``model=``)."""
-        n = len(micro_batches)
-        if n == 0:
+        if len(micro_batches) == 0:
             raise ValueError("step_accumulate needs at least one micro-batch")
         self.zero_grad()
         self.first_step()
-        total = torch.zeros(())
-        for i, batch in enumerate(micro_batches):
-            with torch.enable_grad(), gradient_sync(self.model, i == n - 1):
-                loss = loss_fn(batch)
-                scaled = loss / n
-                torch.autograd.backward(scaled if scaler is None else scaler.scale(scaled))
-            total = total.to(loss.device) + loss.detach()
+        loss = self._accumulate(loss_fn, micro_batches, scaler, sync_last=True)
         self.second_step(scaler=scaler)
-        return total / n
+        return loss
 
 
 class MSAM(OnePassSAM):

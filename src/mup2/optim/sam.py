@@ -684,26 +684,36 @@ class SAM(torch.optim.Optimizer):
         second = self.is_sam_step()
         ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
         per_replica = ddp and second and not self._synced_ascent()
-
-        def accumulate(sync_last: bool) -> Tensor:
-            total = torch.zeros(())
-            for i, batch in enumerate(micro_batches):
-                with torch.enable_grad(), gradient_sync(self.model, sync_last and i == n - 1):
-                    loss = loss_fn(batch)
-                    scaled = loss / n
-                    torch.autograd.backward(scaled if scaler is None else scaler.scale(scaled))
-                total = total.to(loss.device) + loss.detach()
-            return total / n
-
         self.zero_grad()
-        loss = accumulate(sync_last=not per_replica)
+        loss = self._accumulate(loss_fn, micro_batches, scaler, sync_last=not per_replica)
         if second and (scaler is None or self._unscale_finite(scaler)):
             self.first_step(zero_grad=True)
             frozen = nullcontext() if self.model is None else frozen_bn_stats(self.model)
             with frozen:
-                accumulate(sync_last=True)
+                self._accumulate(loss_fn, micro_batches, scaler, sync_last=True)
         self.second_step(scaler=scaler)
         return loss
+
+    def _accumulate(
+        self,
+        loss_fn: Callable[[Any], Tensor],
+        micro_batches: Sequence[Any],
+        scaler: torch.amp.GradScaler | None,
+        sync_last: bool,
+    ) -> Tensor:
+        """One pass of :meth:`step_accumulate`: backward of ``loss_fn(batch) / n`` (scaled by
+        ``scaler`` if given) for each of the ``n`` micro-batches, adding to ``.grad``; with
+        ``model=``, gradients are reduced in the last backward only, and only if ``sync_last``.
+        Returns the mean loss (detached)."""
+        n = len(micro_batches)
+        total = torch.zeros(())
+        for i, batch in enumerate(micro_batches):
+            with torch.enable_grad(), gradient_sync(self.model, sync_last and i == n - 1):
+                loss = loss_fn(batch)
+                scaled = loss / n
+                torch.autograd.backward(scaled if scaler is None else scaler.scale(scaled))
+            total = total.to(loss.device) + loss.detach()
+        return total / n
 
     def _synced_ascent(self) -> bool:
         """Whether the first pass's gradients are reduced across DDP replicas."""
