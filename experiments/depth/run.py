@@ -22,6 +22,7 @@ import argparse
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Literal
 
 from mup2.sweep import (
     expand,
@@ -31,6 +32,7 @@ from mup2.sweep import (
     stop_on_signals,
     sweep_state,
 )
+from mup2.sweep.config import parse_batch
 
 HERE = Path(__file__).resolve().parent
 #: The widest span of depths first (2, 8, 32), then the depths between; both variants at each.
@@ -47,7 +49,7 @@ ORDER = (
 )
 
 
-def _run(name: str, blocks: int | None) -> None:
+def _run(name: str, blocks: int | None, batch: int | Literal["auto"]) -> None:
     cfg = load_sweep_config(HERE / f"{name}.toml")
     assert cfg.storage is not None
     study, _ = prepare(cfg, cfg.storage, say=print)
@@ -60,7 +62,7 @@ def _run(name: str, blocks: int | None) -> None:
         print(f"{cfg.name}: {left} of the first {blocks} blocks' {state.total} runs left")
         if left == 0:
             return
-    run_worker(cfg.storage, cfg.name, max_trials=left, say=print)
+    run_worker(cfg.storage, cfg.name, batch=batch, max_trials=left, say=print)
 
 
 def snapshot() -> None:
@@ -76,6 +78,12 @@ def main() -> None:
     ap.add_argument("phase", choices=("run", "snapshot"))
     ap.add_argument("configs", nargs="*", default=list(ORDER), help="config names, e.g. d2")
     ap.add_argument("--blocks", type=int, help="train the first N grid blocks only (1: main)")
+    ap.add_argument(
+        "--batch",
+        type=parse_batch,
+        default=1,
+        help="grid points trained at once as one stacked model (mup2.batched; default 1)",
+    )
     args = ap.parse_args()
     if args.blocks is not None and args.blocks < 1:
         ap.error("--blocks must be >= 1")
@@ -85,7 +93,7 @@ def main() -> None:
     try:
         with stop_on_signals():
             for name in args.configs:
-                _run(name, args.blocks)
+                _run(name, args.blocks, args.batch)
     except KeyboardInterrupt:
         print("interrupted: the running point is queued again; rerun to go on")
         sys.exit(130)
