@@ -162,6 +162,33 @@ def test_coordcheck_depths(tmp_path: Path) -> None:
     assert "--depths sweeps --model resmlp or vit; the width check runs mlp" in bad.output
 
 
+@pytest.mark.parametrize(
+    ("rule", "options", "base"),
+    [("msam", (), "SGD lr=0.1 (scheme mup-sgd)"),
+     ("asam", ("--optimizer", "adamw"), "AdamW lr=0.001 (scheme mup-adam)")],
+)  # fmt: skip
+def test_coordcheck_depths_any_rule_and_base(
+    rule: str, options: tuple[str, ...], base: str
+) -> None:
+    """``--depths`` takes the width check's ``--rule``, ``--optimizer`` and MSAM's default
+    momentum; under depth-aware μP² the blocks' effective perturbation stays flat (relative
+    slope within ±0.25)."""
+    res = _invoke(
+        "coordcheck",
+        *("--model", "resmlp", "--depths", "2,4,8", "--width", "32", "--seeds", "2"),
+        *("--steps", "2", "--in-features", "16", "--batch-size", "16", "--rule", rule, *options),
+    )
+    assert res.exit_code == 0, res.output
+    assert f"rule {rule}, rho=0.1, {base}, seeds 0..1" in res.output.splitlines()[0]
+    aware = {  # layer -> the last column, the effective perturbation's relative slope
+        line.split()[-6]: float(line.split()[-1])
+        for line in res.output.splitlines()
+        if line.startswith("depth-aware μP² (α=1)")
+    }
+    for layer in ("blocks.#.ln", "blocks.#.fc1", "blocks.#.fc2", "head"):  # the blocks' means
+        assert abs(aware[layer]) < 0.2, (layer, aware[layer])
+
+
 def test_coordcheck_prints_slopes_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "sub" / "cc.json"
     res = _invoke(

@@ -298,9 +298,11 @@ def coordcheck(
             raise UserError("--depths sweeps --model resmlp or vit; the width check runs mlp")
         if rule is not None and len(rule) > 1:
             raise UserError("--depths runs one --rule")
+        one = (rule or ["sam"])[0]
         _coordcheck_depths(
-            model, depths, width, base_depth, alpha, (rule or ["sam"])[0], rho, lr, steps,
-            seeds, batch_size, in_features, json_path,
+            model, depths, width, base_depth, alpha, one, rho, eta, steps, seeds, batch_size,
+            in_features, json_path, _check_kwargs(one, optimizer, scheme, lr, adaptive_lr,
+                                                  momentum),
         )  # fmt: skip
         return
     try:
@@ -316,31 +318,18 @@ def coordcheck(
             f"rule {norm_only[0]!r} perturbs only normalization layers: use --norm layer"
         )
 
-    def moment(r: str) -> bool:  # MSAM: SGD needs momentum
-        return get_rule(r).reads_momentum
-
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, in_features, generator=gen)
     y = torch.randint(0, 10, (batch_size,), generator=gen)
     factory = partial(MLP, depth=depth, in_features=in_features, norm=norm_)  # type: ignore[arg-type]
-    sgd: dict[str, Any] = {"lr": lr, "scheme": scheme}
-    if momentum:
-        sgd["base_kwargs"] = {"momentum": momentum}
-    sets: list[tuple[list[str], dict[str, Any]]]
-    if optimizer == "adamw":  # SAM's and the one-pass rules around AdamW, in μP for Adam
-        adam = "mup-adam" if scheme == "mup" else scheme
-        kw = {"lr": adaptive_lr, "scheme": adam, "base_optimizer": torch.optim.AdamW}
-        sets = [
-            ([r for r in rules if get_rule(r).lightsam is None], kw),
-            ([r for r in rules if get_rule(r).lightsam is not None and not adam_like(r)], sgd),
-        ]
-    else:
-        mom = {"momentum": 0.9 if momentum is None else momentum}  # MSAM needs one
-        sets = [
-            ([r for r in rules if not adam_like(r) and not moment(r)], sgd),
-            ([r for r in rules if moment(r)], {**sgd, "base_kwargs": mom}),
-        ]
-    sets.append(([r for r in rules if adam_like(r)], {"lr": adaptive_lr, "scheme": scheme}))
+    sets: list[tuple[list[str], dict[str, Any]]] = []  # rules that share their keywords
+    for r in rules:
+        kw = _check_kwargs(r, optimizer, scheme, lr, adaptive_lr, momentum)
+        same = [rs for rs, k in sets if k == kw]
+        if same:
+            same[0].append(r)
+        else:
+            sets.append(([r], kw))
     try:
         results = [
             res
@@ -388,6 +377,30 @@ def coordcheck(
             typer.echo(f"wrote {out}")
 
 
+def _check_kwargs(
+    rule: str,
+    optimizer: str,
+    scheme: str,
+    lr: float,
+    adaptive_lr: float,
+    momentum: float | None,
+) -> dict[str, Any]:
+    """The coordinate check's keywords for ``rule``: base optimizer, learning rate and scheme.
+    LightSAM's Adam-like rules take ``adaptive_lr`` whatever ``optimizer`` is; ``adamw`` puts
+    SAM's and the one-pass rules around AdamW in μP for Adam; MSAM needs SGD's momentum (0.9
+    unless ``momentum`` is given)."""
+    import torch
+
+    r = get_rule(rule)
+    if adam_like(rule):
+        return {"lr": adaptive_lr, "scheme": scheme}
+    if optimizer == "adamw" and r.lightsam is None:
+        adam = "mup-adam" if scheme == "mup" else scheme
+        return {"lr": adaptive_lr, "scheme": adam, "base_optimizer": torch.optim.AdamW}
+    mom = 0.9 if momentum is None and r.reads_momentum else momentum
+    return {"lr": lr, "scheme": scheme, **({"base_kwargs": {"momentum": mom}} if mom else {})}
+
+
 def _coordcheck_depths(
     model: str,
     depths: str,
@@ -396,15 +409,19 @@ def _coordcheck_depths(
     alpha: float,
     rule: str,
     rho: float,
-    lr: float,
+    eta: float,
     steps: int,
     seeds: int,
     batch_size: int,
     in_features: int,
     json_path: Path | None,
+    kwargs: dict[str, Any],
 ) -> None:
-    """``mup2 coordcheck --depths``: width-only and depth-aware μP² at a fixed width."""
+    """``mup2 coordcheck --depths``: width-only and depth-aware μP² at a fixed width;
+    ``kwargs``: the base optimizer's (:func:`_check_kwargs`)."""
     import json
+
+    import torch
 
     from mup2.coordcheck import records
     from mup2.coordcheck.depth import depth_checks, format_depth_summary
@@ -414,18 +431,21 @@ def _coordcheck_depths(
     except ValueError:
         raise UserError(f"--depths must be comma-separated integers, got {depths!r}") from None
     w = width or (128 if model == "resmlp" else 64)
+    base = kwargs.get("base_optimizer", torch.optim.SGD).__name__
+    scheme = "mup-sgd" if kwargs["scheme"] == "mup" else kwargs["scheme"]
     settings = [("width-only μP²", None, "mup2"), (f"depth-aware μP² (α={alpha:g})", alpha, "mup2")]
     try:
         results = depth_checks(
             model, ds, width=w, settings=settings, base_depth=base_depth, rule=rule, rho=rho,
-            lr=lr, steps=steps, seeds=range(seeds), in_features=in_features,
-            batch_size=batch_size,
+            eta=eta, steps=steps, seeds=range(seeds), in_features=in_features,
+            batch_size=batch_size, **kwargs,
         )  # fmt: skip
     except ValueError as exc:
         raise UserError(str(exc)) from None
     typer.echo(
         f"{model} at width {w}, depths {ds} (base {base_depth or ds[0]}), rule {rule}, "
-        f"rho={rho}, SGD lr={lr} (scheme mup-sgd), seeds 0..{seeds - 1}, step {steps} of "
+        f"rho={rho}, {base} lr={kwargs['lr']} (scheme {scheme}), seeds 0..{seeds - 1}, step "
+        f"{steps} of "
         f"{steps}; slope of log2 RMS vs log2 depth; 'rel.': minus the layer's activation slope "
         "(removes a branch output's multiplier); P.#: mean over the blocks\n"
     )

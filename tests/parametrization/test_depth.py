@@ -342,23 +342,47 @@ def test_config_resmlp_base_depth() -> None:
 # -- the perturbation's depth factor and the coordinate check across depth --------------------
 
 
-def test_sam_perturbation_depth_factor() -> None:
-    """μP² (``sam``) multiplies c and s of the blocks' tensors by D^(2a-1): x4 at D = 4, a = 1,
-    x1 at a = 1/2; the tensors outside the blocks keep theirs. LightSAM's Adam-like ascent
-    takes D^(a-1)."""
+@pytest.mark.parametrize(
+    ("rule", "power"),
+    [("sam", 2.0), ("asam", 2.0), ("asam-layerwise", 2.0), ("sam-on", 2.0), ("msam", 2.0),
+     ("rwp", 1.0)],
+)  # fmt: skip
+def test_perturbation_depth_factor(rule: str, power: float) -> None:
+    """μP² multiplies c and s of the blocks' tensors by D^(2a-1) for the ascents that follow the
+    gradient (SAM, both ASAMs, SAM-ON, MSAM): x4 at D = 4, a = 1, x1 at a = 1/2; RWP's noise
+    by the update's D^(a-1): x1 at a = 1, x1/2 at a = 1/2. The tensors outside the blocks keep
+    theirs (the models are at base width, so every width factor is 1)."""
     model = _resmlp(64, 8)
     base = _meta(lambda: _resmlp(64, 2))
-    for alpha, want in ((1.0, 4.0), (0.5, 1.0)):
+    make = {
+        "msam": lambda g: mup2.MSAM(g, rho=0.1, momentum=0.9),
+        "rwp": lambda g: mup2.RWP(g, rho=0.1),
+    }.get(rule, lambda g: mup2.SAM(g, rho=0.1, rule=rule))
+    for alpha in (1.0, 0.5):
+        want = 4.0 ** (power * alpha - 1)
         p = mup2.Parametrization.infer(model, base, "mup-sgd", alpha=alpha)
-        opt = mup2.SAM(p.param_groups(model, lr=0.1), rho=0.1)
-        plan = opt.perturbation_plan()
+        plan = make(p.param_groups(model, lr=0.1)).perturbation_plan()
         c = dict(zip([id(t) for t in plan.params], plan.c.tolist(), strict=True))
         s = dict(zip([id(t) for t in plan.params], plan.s.tolist(), strict=True))
+        assert len(c) > 0
         for name, param in model.named_parameters():
+            if id(param) not in c:  # SAM-ON: only the normalization layers
+                assert rule == "sam-on" and ".ln" not in name and name != "norm.weight", name
+                continue
             inside = name.startswith("blocks.")
-            assert c[id(param)] == s[id(param)] == (want if inside else 1.0), name
-        rows = {r["name"]: r["rho"] for r in p.rows()}
-        assert rows["blocks.3.fc1.weight"] == f"x{want:.3g}" and rows["head.weight"] == "x1"
+            assert c[id(param)] == pytest.approx(want if inside else 1.0), name
+            if rule != "rwp":  # RWP's noise has no denominator
+                assert s[id(param)] == c[id(param)], name
+
+
+def test_sam_perturbation_depth_factor_in_report_and_lightsam() -> None:
+    """The role report's rho column shows SAM's factor; LightSAM's Adam-like ascent takes
+    D^(a-1) (1 at a = 1)."""
+    model = _resmlp(64, 8)
+    base = _meta(lambda: _resmlp(64, 2))
+    p = mup2.Parametrization.infer(model, base, "mup-sgd", alpha=1.0)
+    rows = {r["name"]: r["rho"] for r in p.rows()}
+    assert rows["blocks.3.fc1.weight"] == "x4" and rows["head.weight"] == "x1"
     p = mup2.Parametrization.infer(model, base, "mup-adam")
     light = mup2.LightSAM(p.param_groups(model, lr=1e-3), "adam", rho=0.1)
     assert set(light.perturbation_plan().c.tolist()) == {1.0}  # D^(a-1) = 1 at a = 1

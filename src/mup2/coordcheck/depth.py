@@ -14,6 +14,7 @@ scaled with depth); ``alpha=1`` CompleteP with the depth-aware perturbation.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -156,6 +157,10 @@ def depth_checks(
     ]
 
 
+def _slope(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:+.2f}"  # –: a layer the rule does not perturb
+
+
 def format_depth_summary(results: Sequence[tuple[str, CoordCheck]], markdown: bool = True) -> str:
     """One row per setting and folded block layer (and the layers outside the blocks): slopes
     of activation, update and effective perturbation against log2 depth, and the update's and
@@ -170,5 +175,5 @@ def format_depth_summary(results: Sequence[tuple[str, CoordCheck]], markdown: bo
             a, u, e = (
                 r.slope(lay.name, q) for q in ("activation", "update", "effective_perturbation")
             )
-            rows.append([label, lay.name, *(f"{v:+.2f}" for v in (a, u, e, u - a, e - a))])
+            rows.append([label, lay.name, *(_slope(v) for v in (a, u, e, u - a, e - a))])
     return format_table(rows, cols, markdown=markdown)

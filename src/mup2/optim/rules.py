@@ -130,7 +130,8 @@ _ONE = Power()
 # (D = L/L0, branches x D^-a; docs/math.md §9): a block's gradient scales like D^-a, so its
 # perturbation c g ~ D^(a-1) matches its update (Adam: LR D^(a-1); SGD: LR D^(2a-1) x D^-a), and
 # with s = c its share of the denominator, L D^(2a-1) D^-2a = L0, stays Θ(1). D = 1 elsewhere.
-_R = Power(out=1.0, in_=-1.0, depth=-1.0, alpha=2.0)
+_IN_BLOCKS = {"depth": -1.0, "alpha": 2.0}  # D^(2a-1), for every gradient-following ascent
+_R = Power(out=1.0, in_=-1.0, **_IN_BLOCKS)
 _NAIVE = PerturbScaling(_same(_ONE), _same(_ONE))
 _GLOBAL = PerturbScaling(_same(Power(width=-0.5)), _same(_ONE))
 _LAYERWISE_R = PerturbScaling(_same(_R), _same(_R))
@@ -151,18 +152,21 @@ _COUPLED = PerturbScaling(
 # - LightSAM: AdaGrad-Norm divides by one accumulator, sqrt(eps0^2 + sum_t sum_V s_V ||g_V||^2):
 #   SGD-like, so SAM's row applies. The elementwise variants (AdaGrad, Adam) normalize each
 #   coordinate, so their ascent scales like an Adam update: c = 1/m_in, as μP's Adam LR.
-_ASAM_MUP2 = PerturbScaling(
-    {**_same(Power(width=1.0)), Role.SCALAR: _ONE}, {**_same(Power(width=1.0)), Role.SCALAR: _ONE}
-)
-_ASAM_LAYERWISE_MUP2 = PerturbScaling(
-    {**_same(_ONE), Role.HIDDEN: Power(width=-1.0)}, {**_same(_ONE), Role.HIDDEN: Power(width=-1.0)}
-)
+# - ASAM (both): T_W = |W| + eta (or ||W||) does not change with depth (the blocks' weights keep
+#   their init; the branch multiplier acts on the output), so A_W g_W ~ D^-a as for SAM: SAM's
+#   D^(2a-1) in the blocks, on c and s alike.
+_ASAM = {**_same(Power(width=1.0, **_IN_BLOCKS)), Role.SCALAR: Power(**_IN_BLOCKS)}
+_ASAM_MUP2 = PerturbScaling(_ASAM, _ASAM)
+_ASAM_LAYERWISE = {**_same(Power(**_IN_BLOCKS)), Role.HIDDEN: Power(width=-1.0, **_IN_BLOCKS)}
+_ASAM_LAYERWISE_MUP2 = PerturbScaling(_ASAM_LAYERWISE, _ASAM_LAYERWISE)
 # (in the blocks of a depth-aware parametrization x D^(a-1), as Adam's LR: docs/math.md §9)
 _ADAM_LIKE = PerturbScaling(_same(Power(in_=-1.0, depth=-1.0, alpha=1.0)), _same(_ONE))
 # - RWP: eps_W = rho c_W xi_W with xi ~ N(0, 1) entrywise, independent of the layer's input x,
 #   so the effective perturbation eps_W x has RMS rho c_W sqrt(fan_in) RMS(x): c = m_in^-1/2
-#   (1 on input-like, scalar-like and norm tensors, whose fan_in does not grow).
-_RWP_MUP2 = PerturbScaling(_same(Power(in_=-0.5)), _same(_ONE))
+#   (1 on input-like, scalar-like and norm tensors, whose fan_in does not grow). The noise does
+#   not follow the gradient, so in the blocks it takes the update's depth factor, D^(a-1) (1
+#   under CompleteP), not SAM's D^(2a-1).
+_RWP_MUP2 = PerturbScaling(_same(Power(in_=-0.5, depth=-1.0, alpha=1.0)), _same(_ONE))
 _BASIC = {"naive": _NAIVE, "global": _GLOBAL}
 
 _TABLE: dict[str, Rule] = {
