@@ -1,7 +1,7 @@
 """The coordinate check across depth for every SAM rule (``docs/math.md`` §9): the ResMLP at
 width 128, depths 2 -> 32 against a base of 2, under CompleteP's branches with and without the
 perturbation's depth factor, around SGD and AdamW. Writes
-``docs/results/depth/coordcheck-rules.md`` and ``.json``::
+``docs/results/depth/coordcheck-rules.md`` and ``.json`` (the last step's records)::
 
     python experiments/depth/rules.py [--depths 2,4,8,16,32] [--seeds 2]
 
@@ -135,7 +135,11 @@ def main() -> None:
                     f"| {rule} | {base_name} | {label} | {_span(*r['update'])} | "
                     f"{_span(*r['effective_perturbation'])} | {outside} |"
                 )
-                recs += [dict(rec, setting=label, rule=rule) for rec in records([res])]
+                recs += [  # the last step's, as the table
+                    dict(rec, setting=label, rule=rule)
+                    for rec in records([res])
+                    if rec["step"] == args.steps - 1
+                ]
                 print(rows[-1], f"({time.time() - t0:.0f} s)", flush=True)
     head = (
         "# Coordinate check across depth, every SAM rule\n\n"
@@ -153,7 +157,7 @@ def main() -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "coordcheck-rules.md").write_text(head + "\n".join(rows) + "\n")
-    (args.out / "coordcheck-rules.json").write_text(json.dumps(recs, indent=1) + "\n")
+    (args.out / "coordcheck-rules.json").write_text(json.dumps(recs) + "\n")
 
 
 if __name__ == "__main__":
