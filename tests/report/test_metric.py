@@ -199,8 +199,14 @@ def test_report_files_named_after_the_metric(loss_store: str, tmp_path: Path) ->
     md = files.summary.read_text()
     assert "Objective `examples.gpt:objective` (version `v3`): minimizes `val_loss`." in md
     assert "`val_loss` is the sweep's objective metric (lower is better)" in md
-    assert "| mup2 | 64, 128, 256 | 0 steps | 0 steps | -0.2 (-10.00%) | **holds** |" in md
-    assert "| mup-naive | 64, 128, 256 | 0 steps | 0 steps | +0.06 (+3.00%) | **fails** |" in md
+    assert (
+        "| mup2 | 64, 128, 256 | 0 steps | 0 steps | -0.2 (-10.00%) | +0 (+0.00%) | **holds** |"
+        in md
+    )
+    assert (
+        "| mup-naive | 64, 128, 256 | 0 steps | 0 steps | +0.06 (+3.00%) | +0 (+0.00%) "
+        "| **fails** |" in md
+    )
     assert "is at most that of the smallest width plus 1% of its magnitude" in md
     # width 256: 1.80 ± 0.01414 (2 seeds); base 1.83; SAM − best base −0.03 ± 4.303 · 0.01414
     assert (
@@ -357,4 +363,4 @@ def test_a_width_where_every_run_diverged(tmp_path: Path) -> None:
     md = write_summary(a, tmp_path / "summary.md", [], []).read_text()
     row = "| 128 | 2^-6 | 2^-6 | inf (one seed) | lowest η, lowest ρ > 0 | inf | inf (2^-6) | – |"
     assert row in md
-    assert "| mup2 | 64, 128 | – | – | – | n/a | no stable cell at width 128 |" in md
+    assert "| mup2 | 64, 128 | – | – | – | – | n/a | no stable cell at width 128 |" in md

@@ -164,8 +164,15 @@ def test_make_report(storage: str, tmp_path: Path) -> None:
         opt = {(r["parametrization"], r["width"]): r for r in csv.DictReader(f)}
     assert float(opt["sp-naive", "256"]["lr"]) == LRS[1] and opt["mup2", "64"]["seeds"] == "2"
     md = files.summary.read_text()
-    assert "| mup2 | 64, 128, 256 | 0 steps | 0 steps | +2.00 points | **holds** |" in md
-    assert "| sp-naive | 64, 128, 256 | 2 steps | 0 steps | +1.00 points | **fails** |" in md
+    assert (
+        "| mup2 | 64, 128, 256 | 0 steps | 0 steps | +2.00 points | +0.00 points | **holds** |"
+        in md
+    )
+    # width 64's (η*, ρ*) diverges at width 256: 0% against its optimum's 81%
+    assert (
+        "| sp-naive | 64, 128, 256 | 2 steps | 0 steps | +1.00 points | -81.00 points | **fails** |"
+        in md
+    )
     # SAM − best base: 2 seeds each, sd 0.28: Welch df = 2, 4.303 * sqrt(2 * 0.28² / 2) = 1.22
     assert (
         "| 256 | 2^-3 | 2^-4 | 81.00 ± 0.28 (2 seeds, ±1 sd) | – | 79.50 | 79.50 (2^-3) "
@@ -308,7 +315,10 @@ def test_another_scaling_axis(storage: str, tmp_path: Path) -> None:
     md = write_summary(a, tmp_path / "summary.md", figs, []).read_text()
     assert "| parametrization | depths | η* moves | ρ* moves | accuracy, largest − smallest " \
         "depth |" in md  # fmt: skip
-    assert "| mup2 | 64, 128, 256 | 0 steps | 0 steps | +2.00 points | **holds** |" in md
+    assert (
+        "| mup2 | 64, 128, 256 | 0 steps | 0 steps | +2.00 points | +0.00 points | **holds** |"
+        in md
+    )
     assert "## Optima per parametrization and depth" in md and "\n| depth | η* | ρ* |" in md
     assert "across all depths with a finished optimum" in md
     assert "width" not in md.replace("Figure 1", "")

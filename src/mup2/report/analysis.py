@@ -227,6 +227,12 @@ class Transfer:
     reason: str
     provisional: bool
     """Some planned cells have not finished: the verdict may change."""
+    transferred: float = math.nan
+    """The metric at the largest width of the smallest width's optimum ``(η*, ρ*)``, the mean
+    of its finished seeds: what tuning at the smallest width gives at the largest (``nan``
+    when that cell has not finished, or with one width). Beside the largest width's own
+    optimum it says what the moves of ``η*`` and ``ρ*`` cost, which matters on a flat ridge
+    where the optimum moves but the metric hardly does."""
 
 
 @dataclass(frozen=True)
@@ -411,9 +417,12 @@ def _transfer(
             f"{m.name} {m.fmt_change(change, first)}"
         )
     verdict: Verdict = "fails" if fails else "holds"
+    there = g.cell(optima[-1].width, optima[0].lr, optima[0].rho)
+    transferred = there.mean if there is not None else math.nan
     return Transfer(
-        g.parametrization, verdict, ws, lr_steps, rho_steps, change, reason, provisional
-    )
+        g.parametrization, verdict, ws, lr_steps, rho_steps, change, reason, provisional,
+        transferred,
+    )  # fmt: skip
 
 
 def _check_threshold(m: Metric, below: float | None, above: float | None) -> None:

@@ -310,6 +310,7 @@ def _transfer_table(a: Analysis) -> str:
         "η* moves",
         "ρ* moves",
         f"{a.metric.column}, largest − smallest {a.sweep.axis}",
+        f"smallest's (η*, ρ*) at the largest {a.sweep.axis}, − its optimum",
         "transfer",
         "why",
     )
@@ -321,8 +322,10 @@ def _transfer_table(a: Analysis) -> str:
         multi = len(t.widths) > 1 and t.verdict != "n/a"
         first = a.optima[p, t.widths[0]].value if multi else math.nan
         change = m.fmt_change(t.change, first) if multi else "–"
+        last = a.optima[p, t.widths[-1]].value if multi else math.nan
+        cost = m.fmt_change(t.transferred - last, last) if not math.isnan(t.transferred) else "–"
         lr_s, rho_s = (_steps(t.lr_steps), _steps(t.rho_steps)) if multi else ("–", "–")
-        rows.append([p, ws, lr_s, rho_s, change, _verdict(t), t.reason])
+        rows.append([p, ws, lr_s, rho_s, change, cost, _verdict(t), t.reason])
     return format_table(rows, header, markdown=True)
 
 
