@@ -146,10 +146,12 @@ def test_coordcheck_depths(tmp_path: Path) -> None:
         "coordcheck",
         *("--model", "resmlp", "--depths", "2,4,8", "--width", "8", "--seeds", "1"),
         *("--steps", "1", "--in-features", "8", "--batch-size", "8", "--json", str(out)),
+        *("--plot", str(tmp_path / "depth.png")),
     )
     assert res.exit_code == 0, res.output
     assert res.output.startswith("resmlp at width 8, depths [2, 4, 8] (base 2), rule sam")
-    rows = _table(res.output.split("\n\n", 1)[1].rsplit("\nwrote", 1)[0], "setting ")
+    assert (tmp_path / "depth.png").stat().st_size > 10_000  # both settings, the blocks' means
+    rows = _table(res.output.split("\n\n", 1)[1].split("\nwrote", 1)[0], "setting ")
     settings = {r["setting"] for r in rows}
     assert settings == {"width-only μP²", "depth-aware μP² (α=1)"}
     layers = [r["layer"] for r in rows if r["setting"] == "width-only μP²"]

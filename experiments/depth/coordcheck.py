@@ -2,7 +2,9 @@
 activation, update and effective perturbation against log2 depth, under width-only μP² (the
 shallower base matched, nothing scaled with depth), CompleteP with μP²'s width-only perturbation
 (branches x D^-1 but no depth factor in the perturbation), and depth-aware μP² (CompleteP plus
-the perturbation's D^(2α-1)). Writes ``docs/results/depth/coordcheck-<model>.md`` and ``.json``::
+the perturbation's D^(2α-1)). Writes ``docs/results/depth/coordcheck-<model>.md``, ``.json`` and
+``.png`` (the blocks' means and the layers outside the blocks against depth, one column a
+setting)::
 
     python experiments/depth/coordcheck.py [--model resmlp|vit] [--depths 2,4,8,16,32]
 """
@@ -17,8 +19,9 @@ from typing import Any
 
 import torch
 
-from mup2.coordcheck import records
+from mup2.coordcheck import plot_coord_checks, records
 from mup2.coordcheck.depth import (
+    block_means,
     coord_check_depth,
     depth_factory,
     format_depth_summary,
@@ -93,6 +96,12 @@ def main() -> None:
     )
     recs = [dict(r, setting=label) for label, res in results for r in records([res])]
     (args.out / f"coordcheck-{args.model}.json").write_text(json.dumps(recs, indent=1) + "\n")
+    plot_coord_checks(
+        [block_means(res) for _, res in results],
+        args.out / f"coordcheck-{args.model}.png",
+        axis="depth",
+        titles=[label for label, _ in results],
+    )
     print(format_depth_summary(results, markdown=False))
 
 

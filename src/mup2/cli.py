@@ -301,8 +301,8 @@ def coordcheck(
         one = (rule or ["sam"])[0]
         _coordcheck_depths(
             model, depths, width, base_depth, alpha, one, rho, eta, steps, seeds, batch_size,
-            in_features, json_path, _check_kwargs(one, optimizer, scheme, lr, adaptive_lr,
-                                                  momentum),
+            in_features, json_path, plot, _check_kwargs(one, optimizer, scheme, lr, adaptive_lr,
+                                                        momentum),
         )  # fmt: skip
         return
     try:
@@ -415,6 +415,7 @@ def _coordcheck_depths(
     batch_size: int,
     in_features: int,
     json_path: Path | None,
+    plot: Path | None,
     kwargs: dict[str, Any],
 ) -> None:
     """``mup2 coordcheck --depths``: width-only and depth-aware μP² at a fixed width;
@@ -423,8 +424,8 @@ def _coordcheck_depths(
 
     import torch
 
-    from mup2.coordcheck import records
-    from mup2.coordcheck.depth import depth_checks, format_depth_summary
+    from mup2.coordcheck import plot_coord_checks, records
+    from mup2.coordcheck.depth import block_means, depth_checks, format_depth_summary
 
     try:
         ds = [int(d) for d in depths.split(",") if d.strip()]
@@ -455,6 +456,10 @@ def _coordcheck_depths(
         recs = [dict(r, setting=label) for label, res in results for r in records([res])]
         json_path.write_text(json.dumps(recs, indent=1) + "\n")
         typer.echo(f"wrote {json_path}")
+    if plot is not None:
+        means = [block_means(res) for _, res in results]
+        plot_coord_checks(means, plot, axis="depth", titles=[label for label, _ in results])
+        typer.echo(f"wrote {plot}")
 
 
 @app.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -415,6 +416,29 @@ def test_coord_check_depth_flat_under_depth_aware_mup2() -> None:
 
     naive = coord_check_depth(factory, [2, 4, 8], x, y, seeds=[0], steps=1, optimizer=plain)
     assert rel(naive, "blocks.#.fc1", "effective_perturbation") < -0.6
+
+
+def test_block_means_and_the_depth_plot(tmp_path: Path) -> None:
+    """:func:`block_means` keeps the blocks' means and the layers outside the stack (the first
+    and last blocks go); ``plot_coord_checks(axis="depth")`` draws one titled column per result
+    and refuses a titles list of the wrong length."""
+    from mup2.coordcheck import plot_coord_checks
+    from mup2.coordcheck.depth import block_means, coord_check_depth, depth_factory
+
+    factory = depth_factory("resmlp", 8, in_features=8)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    res = coord_check_depth(factory, [2, 4, 8], x, y, seeds=[0], steps=1, lr=0.1, rho=0.1)
+    means = block_means(res)
+    names = {lay.name for lay in means.layers}
+    assert {"embed", "blocks.#.fc1", "blocks.#.fc2", "head"} <= names
+    assert not any(".first." in n or ".last." in n for n in names)
+    assert {k[1] for k in means.values} == names
+    assert means.slope("blocks.#.fc1", "update") == res.slope("blocks.#.fc1", "update")
+    png = plot_coord_checks([means, means], tmp_path / "d.png", axis="depth", titles=["a", "b"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="1 titles for 2 results"):
+        plot_coord_checks([means, means], tmp_path / "e.png", axis="depth", titles=["a"])
 
 
 def test_sp_matches_a_shallower_base_and_scales_nothing() -> None:

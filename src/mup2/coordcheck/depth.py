@@ -30,6 +30,7 @@ from mup2.tables import format_table
 
 __all__ = [
     "DEPTH_MODELS",
+    "block_means",
     "coord_check_depth",
     "depth_checks",
     "depth_factory",
@@ -92,6 +93,15 @@ def fold_blocks(result: CoordCheck, prefixes: Sequence[str]) -> CoordCheck:
                         for k, d in enumerate(depths)
                     )
     return dataclasses.replace(result, layers=tuple(layers), values=values)
+
+
+def block_means(result: CoordCheck) -> CoordCheck:
+    """``result`` (:func:`fold_blocks`'d) without the first and last blocks' layers: the
+    blocks' means ``P.#.rest`` and the layers outside the blocks (for a readable plot)."""
+    keep = tuple(lay for lay in result.layers if not re.search(r"\.(first|last)[.:]", lay.name))
+    names = {lay.name for lay in keep}
+    values = {k: v for k, v in result.values.items() if k[1] in names}
+    return dataclasses.replace(result, layers=keep, values=values)
 
 
 def coord_check_depth(

@@ -17,12 +17,18 @@ def plot_coord_checks(
     path: str | Path,
     step: int = -1,
     quantities: Sequence[str] = QUANTITIES,
+    axis: str = "width",
+    titles: Sequence[str] | None = None,
 ) -> Path:
     """Write a PNG (or any format matplotlib infers from ``path``) and return its path.
 
-    Each panel plots RMS against width on log2 axes; the legend gives each layer's fitted slope.
-    Zero values (a tensor the rule does not perturb) are left out of the log axes.
-    """
+    Each panel plots RMS against width (or ``axis``: ``"depth"`` for
+    :func:`~mup2.coordcheck.depth.coord_check_depth`'s results) on log2 axes; the legend gives
+    each layer's fitted slope. Zero values (a tensor the rule does not perturb) are left out of
+    the log axes. One column per result, titled by ``titles`` (default: scheme, rule,
+    scaling)."""
+    if titles is not None and len(titles) != len(results):
+        raise ValueError(f"{len(titles)} titles for {len(results)} results")
     if not results:
         raise ValueError("nothing to plot: results is empty")
     import matplotlib
@@ -60,11 +66,12 @@ def plot_coord_checks(
             else:
                 ax.text(0.5, 0.5, "not perturbed", ha="center", va="center", transform=ax.transAxes)
             if i == 0:
-                ax.set_title(f"{r.scheme} · {r.rule} · {r.scaling}", fontsize=9)
+                title = titles[j] if titles is not None else f"{r.scheme} · {r.rule} · {r.scaling}"
+                ax.set_title(title, fontsize=9)
             if j == 0:
                 ax.set_ylabel(f"{q.replace('_', ' ')} RMS", fontsize=8)
             if i == nrows - 1:
-                ax.set_xlabel("width", fontsize=8)
+                ax.set_xlabel(axis, fontsize=8)
             ax.tick_params(labelsize=7)
     fig.tight_layout()
     out = Path(path)
