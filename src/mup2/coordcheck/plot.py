@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from mup2.coordcheck.measure import QUANTITIES, CoordCheck
 
@@ -17,7 +18,7 @@ def plot_coord_checks(
     path: str | Path,
     step: int = -1,
     quantities: Sequence[str] = QUANTITIES,
-    axis: str = "width",
+    axis: Literal["width", "depth"] = "width",
     titles: Sequence[str] | None = None,
 ) -> Path:
     """Write a PNG (or any format matplotlib infers from ``path``) and return its path.
@@ -27,6 +28,8 @@ def plot_coord_checks(
     each layer's fitted slope. Zero values (a tensor the rule does not perturb) are left out of
     the log axes. One column per result, titled by ``titles`` (default: scheme, rule,
     scaling)."""
+    if axis not in ("width", "depth"):
+        raise ValueError(f"axis must be 'width' or 'depth', got {axis!r}")
     if titles is not None and len(titles) != len(results):
         raise ValueError(f"{len(titles)} titles for {len(results)} results")
     if not results:
@@ -54,9 +57,9 @@ def plot_coord_checks(
                 if not pts:
                     continue
                 slope = r.slope(lay.name, q, step)
-                label = (
-                    f"{lay.name} ({lay.group}) {slope:+.2f}" if math.isfinite(slope) else lay.name
-                )
+                # A layer's width group says nothing at a fixed width: across depth, name alone.
+                name = lay.name if axis == "depth" else f"{lay.name} ({lay.group})"
+                label = f"{name} {slope:+.2f}" if math.isfinite(slope) else name
                 ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=label)
                 drawn = True
             ax.set_xscale("log", base=2)
