@@ -2,9 +2,9 @@
 priority order, resumably, with one worker on this machine.
 
     python experiments/depth/run.py run --blocks 1   # the main grid (seed 0) of every config
-    python experiments/depth/run.py run --blocks 2   # then seeds 1-2 of every config
-    python experiments/depth/run.py run --blocks 3   # then CompleteP with naive SAM
-    python experiments/depth/run.py run              # then everything (the joint check)
+    python experiments/depth/run.py run --blocks 2   # then SGD below the grid (η 2^-12, 2^-11)
+    python experiments/depth/run.py run --blocks 3   # then seeds 1-2 (aware-d4, -d16: joint seed 0)
+    python experiments/depth/run.py run              # then everything (README.md: the blocks)
     python experiments/depth/run.py snapshot         # fold the SQLite WAL into depth.db
 
 ``run`` goes through the configs in :data:`ORDER` (or those named); for each it enqueues the whole
