@@ -421,7 +421,7 @@ def test_coord_check_depth_flat_under_depth_aware_mup2() -> None:
 def test_block_means_and_the_depth_plot(tmp_path: Path) -> None:
     """:func:`block_means` keeps the blocks' means and the layers outside the stack (the first
     and last blocks go); ``plot_coord_checks(axis="depth")`` draws one titled column per result
-    and refuses a titles list of the wrong length."""
+    and refuses a titles list of the wrong length or an unknown axis."""
     from mup2.coordcheck import plot_coord_checks
     from mup2.coordcheck.depth import block_means, coord_check_depth, depth_factory
 
@@ -439,6 +439,8 @@ def test_block_means_and_the_depth_plot(tmp_path: Path) -> None:
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="1 titles for 2 results"):
         plot_coord_checks([means, means], tmp_path / "e.png", axis="depth", titles=["a"])
+    with pytest.raises(ValueError, match="axis must be 'width' or 'depth'"):
+        plot_coord_checks([means], tmp_path / "f.png", axis="layers")  # type: ignore[arg-type]
 
 
 def test_sp_matches_a_shallower_base_and_scales_nothing() -> None:
