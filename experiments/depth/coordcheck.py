@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from mup2.coordcheck import plot_coord_checks, records
+from mup2.coordcheck import records
 from mup2.coordcheck.depth import (
-    block_means,
     coord_check_depth,
     depth_factory,
     format_depth_summary,
+    plot_depth_checks,
 )
 from mup2.coordcheck.measure import CoordCheck
 from mup2.optim.sam import SAM
@@ -96,12 +96,7 @@ def main() -> None:
     )
     recs = [dict(r, setting=label) for label, res in results for r in records([res])]
     (args.out / f"coordcheck-{args.model}.json").write_text(json.dumps(recs, indent=1) + "\n")
-    plot_coord_checks(
-        [block_means(res) for _, res in results],
-        args.out / f"coordcheck-{args.model}.png",
-        axis="depth",
-        titles=[label for label, _ in results],
-    )
+    plot_depth_checks(results, args.out / f"coordcheck-{args.model}.png")
     print(format_depth_summary(results, markdown=False))
 
 

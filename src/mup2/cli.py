@@ -424,8 +424,8 @@ def _coordcheck_depths(
 
     import torch
 
-    from mup2.coordcheck import plot_coord_checks, records
-    from mup2.coordcheck.depth import block_means, depth_checks, format_depth_summary
+    from mup2.coordcheck import records
+    from mup2.coordcheck.depth import depth_checks, format_depth_summary, plot_depth_checks
 
     try:
         ds = [int(d) for d in depths.split(",") if d.strip()]
@@ -457,8 +457,7 @@ def _coordcheck_depths(
         json_path.write_text(json.dumps(recs, indent=1) + "\n")
         typer.echo(f"wrote {json_path}")
     if plot is not None:
-        means = [block_means(res) for _, res in results]
-        plot_coord_checks(means, plot, axis="depth", titles=[label for label, _ in results])
+        plot_depth_checks(results, plot)
         typer.echo(f"wrote {plot}")
 
 

@@ -17,12 +17,14 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mup2.coordcheck.measure import CoordCheck, Layer, coord_check
+from mup2.coordcheck.plot import plot_coord_checks
 from mup2.models.resmlp import ResMLP
 from mup2.models.vit import ViT
 from mup2.parametrization.depth import find_stacks
@@ -36,6 +38,7 @@ __all__ = [
     "depth_factory",
     "fold_blocks",
     "format_depth_summary",
+    "plot_depth_checks",
 ]
 
 #: Models the command's ``--depths`` check builds: name -> (class, fixed keywords).
@@ -55,6 +58,15 @@ def depth_factory(model: str, width: int, **kwargs: Any) -> Callable[[int], nn.M
         return cls(width, depth=depth, **{**fixed, **kwargs})
 
     return make
+
+
+#: How :func:`fold_blocks` names a stack's folded layer (``P.<tag>.rest``) and which blocks of a
+#: model with ``d`` blocks it averages.
+_FOLDS: dict[str, Callable[[int], Sequence[int]]] = {
+    "#": range,
+    "first": lambda d: [0],
+    "last": lambda d: [d - 1],
+}
 
 
 def fold_blocks(result: CoordCheck, prefixes: Sequence[str]) -> CoordCheck:
@@ -78,11 +90,7 @@ def fold_blocks(result: CoordCheck, prefixes: Sequence[str]) -> CoordCheck:
         if (p, rest) in seen:
             continue
         seen.add((p, rest))
-        for tag, pick in (
-            ("#", lambda d: range(d)),
-            ("first", lambda d: [0]),
-            ("last", lambda d: [d - 1]),
-        ):
+        for tag, pick in _FOLDS.items():
             name = f"{p}.{tag}{rest}"
             layers.append(dataclasses.replace(lay, name=name))
             for t in range(result.steps):
@@ -98,10 +106,22 @@ def fold_blocks(result: CoordCheck, prefixes: Sequence[str]) -> CoordCheck:
 def block_means(result: CoordCheck) -> CoordCheck:
     """``result`` (:func:`fold_blocks`'d) without the first and last blocks' layers: the
     blocks' means ``P.#.rest`` and the layers outside the blocks (for a readable plot)."""
-    keep = tuple(lay for lay in result.layers if not re.search(r"\.(first|last)[.:]", lay.name))
+    edges = "|".join(tag for tag in _FOLDS if tag != "#")
+    keep = tuple(lay for lay in result.layers if not re.search(rf"\.({edges})[.:]", lay.name))
     names = {lay.name for lay in keep}
     values = {k: v for k, v in result.values.items() if k[1] in names}
     return dataclasses.replace(result, layers=keep, values=values)
+
+
+def plot_depth_checks(results: Sequence[tuple[str, CoordCheck]], path: str | Path) -> Path:
+    """Plot labelled depth checks (``(setting, result)``, as :func:`depth_checks` returns):
+    :func:`block_means` of each against depth, one column a setting titled by its label."""
+    return plot_coord_checks(
+        [block_means(res) for _, res in results],
+        path,
+        axis="depth",
+        titles=[label for label, _ in results],
+    )
 
 
 def coord_check_depth(
