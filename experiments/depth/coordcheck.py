@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from mup2.coordcheck import records
 from mup2.coordcheck.depth import (
     coord_check_depth,
     depth_factory,
+    depth_records,
     format_depth_summary,
     plot_depth_checks,
 )
@@ -94,7 +94,7 @@ def main() -> None:
     (args.out / f"coordcheck-{args.model}.md").write_text(
         head + format_depth_summary(results) + "\n"
     )
-    recs = [dict(r, setting=label) for label, res in results for r in records([res])]
+    recs = depth_records(results)
     (args.out / f"coordcheck-{args.model}.json").write_text(json.dumps(recs, indent=1) + "\n")
     plot_depth_checks(results, args.out / f"coordcheck-{args.model}.png")
     print(format_depth_summary(results, markdown=False))

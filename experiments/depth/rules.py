@@ -24,8 +24,7 @@ from typing import Any
 
 import torch
 
-from mup2.coordcheck import records
-from mup2.coordcheck.depth import coord_check_depth, depth_factory
+from mup2.coordcheck.depth import coord_check_depth, depth_factory, depth_records
 from mup2.coordcheck.measure import CoordCheck
 from mup2.optim.onepass import onepass_optimizer
 from mup2.optim.rules import get_rule
@@ -136,9 +135,7 @@ def main() -> None:
                     f"{_span(*r['effective_perturbation'])} | {outside} |"
                 )
                 recs += [  # the last step's, as the table
-                    dict(rec, setting=label, rule=rule)
-                    for rec in records([res])
-                    if rec["step"] == args.steps - 1
+                    dict(rec, rule=rule) for rec in depth_records([(label, res)], step=-1)
                 ]
                 print(rows[-1], f"({time.time() - t0:.0f} s)", flush=True)
     head = (

@@ -424,8 +424,12 @@ def _coordcheck_depths(
 
     import torch
 
-    from mup2.coordcheck import records
-    from mup2.coordcheck.depth import depth_checks, format_depth_summary, plot_depth_checks
+    from mup2.coordcheck.depth import (
+        depth_checks,
+        depth_records,
+        format_depth_summary,
+        plot_depth_checks,
+    )
 
     try:
         ds = [int(d) for d in depths.split(",") if d.strip()]
@@ -453,8 +457,7 @@ def _coordcheck_depths(
     typer.echo(format_depth_summary(results, markdown=False))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        recs = [dict(r, setting=label) for label, res in results for r in records([res])]
-        json_path.write_text(json.dumps(recs, indent=1) + "\n")
+        json_path.write_text(json.dumps(depth_records(results), indent=1) + "\n")
         typer.echo(f"wrote {json_path}")
     if plot is not None:
         plot_depth_checks(results, plot)

@@ -443,6 +443,26 @@ def test_block_means_and_the_depth_plot(tmp_path: Path) -> None:
         plot_coord_checks([means], tmp_path / "f.png", axis="layers")  # type: ignore[arg-type]
 
 
+def test_depth_records_label_each_setting() -> None:
+    """:func:`depth_records`: the slope records of each labelled result with its ``setting``,
+    every step or one step (``-1``: the last, recorded with its own index)."""
+    from mup2.coordcheck import records
+    from mup2.coordcheck.depth import coord_check_depth, depth_factory, depth_records
+
+    factory = depth_factory("resmlp", 8, in_features=8)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    res = coord_check_depth(factory, [2, 4, 8], x, y, seeds=[0], steps=2, lr=0.1, rho=0.1)
+    every = depth_records([("a", res), ("b", res)])
+    assert len(every) == 2 * len(records([res])) == 4 * len(records([res], -1))
+    assert [r["setting"] for r in every] == ["a"] * (len(every) // 2) + ["b"] * (len(every) // 2)
+    last = depth_records([("a", res)], step=-1)
+    assert {r["step"] for r in last} == {1}
+    assert [dict(r, setting=None) for r in last] == [
+        dict(r, setting=None) for r in records([res], -1)
+    ]
+
+
 def test_sp_matches_a_shallower_base_and_scales_nothing() -> None:
     p = mup2.Parametrization.infer(_resmlp(64, 8), _meta(lambda: _resmlp(64, 2)), "sp")
     assert p.forward_mults == {} and p.depth is not None and p.depth.stacks[0].branches == ()

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mup2.coordcheck.measure import CoordCheck, Layer, coord_check
 from mup2.coordcheck.plot import plot_coord_checks
+from mup2.coordcheck.table import records
 from mup2.models.resmlp import ResMLP
 from mup2.models.vit import ViT
 from mup2.parametrization.depth import find_stacks
@@ -36,6 +37,7 @@ __all__ = [
     "coord_check_depth",
     "depth_checks",
     "depth_factory",
+    "depth_records",
     "fold_blocks",
     "format_depth_summary",
     "plot_depth_checks",
@@ -122,6 +124,14 @@ def plot_depth_checks(results: Sequence[tuple[str, CoordCheck]], path: str | Pat
         axis="depth",
         titles=[label for label, _ in results],
     )
+
+
+def depth_records(
+    results: Sequence[tuple[str, CoordCheck]], step: int | None = None
+) -> list[dict[str, Any]]:
+    """The slope records (:func:`mup2.coordcheck.records`) of labelled depth checks, each with
+    its ``setting`` label; ``step``: that step's only (default: every step)."""
+    return [dict(rec, setting=label) for label, res in results for rec in records([res], step)]
 
 
 def coord_check_depth(
