@@ -56,3 +56,33 @@ def test_depth_study_configs() -> None:
         assert sorted(depths) == [2, 4, 8, 16, 32]
     d2 = cfgs["d2"].train.model  # type: ignore[union-attr]
     assert (d2.depth, d2.base_depth) == (2, 2)  # every depth factor 1: both variants' depth 2
+
+
+def test_depth_gradient_profile() -> None:
+    """experiments/depth/gradient_profile.py: one stream RMS and one gradient norm per block;
+    at initialization the stream entering the first block (the embedding) is the same with and
+    without the branch multipliers, the next one not; at the base depth (every factor 1) the
+    two settings are the same after a step. The ViT's readout starts at zero, so no gradient
+    reaches the blocks before the first step."""
+    import importlib.util
+
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "depth" / "gradient_profile.py"
+    spec = importlib.util.spec_from_file_location("depth_gradient_profile", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with torch.device("meta"):
+        base = mod.depth_factory("vit", 64)(2)
+    for steps in (0, 1):
+        wide = {a: mod.profile(4, a, 0, steps, base) for a in (None, 1.0)}
+        for stream, grads in wide.values():
+            assert stream.shape == grads.shape == (4,)
+            assert bool(torch.isfinite(stream).all())
+            assert bool((grads > 0).all()) == (steps > 0)  # the readout starts at zero
+    wide = {a: mod.profile(4, a, 0, 0, base) for a in (None, 1.0)}
+    assert float(wide[None][0][0]) == float(wide[1.0][0][0])
+    assert float(wide[None][0][1]) != float(wide[1.0][0][1])  # block 0's branch: x 1/2 or not
+    at_base = [mod.profile(2, a, 0, 1, base) for a in (None, 1.0)]
+    torch.testing.assert_close(at_base[0], at_base[1], rtol=0, atol=0)

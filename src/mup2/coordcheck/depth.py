@@ -35,6 +35,7 @@ __all__ = [
     "DEPTH_MODELS",
     "block_means",
     "coord_check_depth",
+    "depth_batch",
     "depth_checks",
     "depth_factory",
     "depth_records",
@@ -161,7 +162,9 @@ def coord_check_depth(
     return fold_blocks(result, prefixes)
 
 
-def _batch(model: str, batch_size: int, in_features: int) -> tuple[Tensor, Tensor]:
+def depth_batch(model: str, batch_size: int = 32, in_features: int = 32) -> tuple[Tensor, Tensor]:
+    """The fixed batch of the depth check (seed 0): ``model`` ``"vit"``: images ``(B, 3, 8, 8)``,
+    else inputs ``(B, in_features)``; labels ``(B,)`` in ``0..9``."""
     gen = torch.Generator().manual_seed(0)
     if model == "vit":
         x = torch.randn(batch_size, 3, 8, 8, generator=gen)
@@ -185,7 +188,7 @@ def depth_checks(
     ``(label, alpha, scaling)`` of ``model`` (:data:`DEPTH_MODELS`) at ``width``."""
     extra = {"in_features": in_features} if model == "resmlp" else {}
     factory = depth_factory(model, width, **extra)
-    x, y = _batch(model, batch_size, in_features)
+    x, y = depth_batch(model, batch_size, in_features)
     return [
         (
             label,
