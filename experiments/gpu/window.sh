@@ -7,7 +7,10 @@
 #   experiments/gpu/window.sh study CONFIG:BUDGET[:STORE[:DRAIN]] ... [-- RUN_PY_FLAGS]
 #       each config in turn through run.py (bundles sized from free memory), its store copied
 #       to $OUT as soon as it is written; DRAIN: run.py's --drain (seconds before its deadline
-#       at which the sweep finishes what runs and starts nothing new; about a bundle's time)
+#       at which the sweep finishes what runs and starts nothing new; about a bundle's time).
+#       A STORE that is not there skips its config (no new store in its place): several configs
+#       of one store are chained by naming the store the previous one wrote,
+#       /tmp/mup2-window/<previous config stem>/<store stem>.db.gz (experiments/depth/README.md)
 #
 # Everything else (each run's log and CSV, the benchmark's table) goes into $OUT/logs.tgz at
 # the end, so at most (number of stores + 2) files come back, whatever stops the command.
@@ -15,7 +18,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/../.."
 : "${OUT:?set OUT to the output folder}"
-work=/tmp/mup2-window
+work=${MUP2_WINDOW_WORK:-/tmp/mup2-window}  # each config writes its store to $work/<config stem>/
 mkdir -p "$work"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 mode=${1:?smoke or study}
@@ -39,6 +42,10 @@ study)
     for spec in "${specs[@]}"; do
         IFS=: read -r config budget store drain <<<"$spec"
         stem=$(basename "$config" .toml)
+        if [ -n "${store:-}" ] && [ ! -f "$store" ]; then  # never a new store in its place
+            echo "error: no store at $store: $spec skipped" >&2
+            continue
+        fi
         flags=(--batch auto --out "$work/$stem" "$@")
         [ -n "${store:-}" ] && flags+=(--store "$store")
         [ -n "${drain:-}" ] && flags+=(--drain "$drain")

@@ -1,7 +1,8 @@
 """The GPU kit (experiments/gpu/) on the CPU: build_data.py's cut of the IDX files reads back
 through mup2's own loader, and run.py (the one command on the GPU machine) runs a toy sweep from
 that data format and writes its store and CSV to the output folder; stopped by its budget, the
-store it writes resumes to the end with every grid point finished once. Nothing is installed
+store it writes resumes to the end with every grid point finished once; window.sh chains the
+configs of one store and skips one whose store is missing. Nothing is installed
 (``--install never``), no GPU and no network; a fake Fashion-MNIST in ``tmp_path``."""
 
 from __future__ import annotations
@@ -148,3 +149,40 @@ def test_run_stopped_by_its_budget_resumes_to_the_end(tmp_path: Path) -> None:
         if t.state.name == "COMPLETE"
     )
     assert len(done) == len(points) and set(done.values()) == {1}
+
+
+def test_window_chains_one_store_and_skips_a_missing_one(tmp_path: Path) -> None:
+    """window.sh study: each config resumes the store named in its spec; one naming the store
+    the previous config wrote goes on from it; one whose store is missing is skipped (no new
+    store written in its place), and $OUT keeps the last store written."""
+    root = tmp_path / "root"
+    _build_data(_fake_fashion_mnist(tmp_path / "source"), root)
+    first = tmp_path / "first"
+    rc, log, _ = _run(root, tmp_path / "dry.db.gz", first, 120, "--prepare-only")
+    assert rc == 0, log
+    work, out = tmp_path / "work", tmp_path / "out"
+    out.mkdir()
+    specs = [
+        f"{CONFIG}:120:{first / 'dry.db.gz'}",  # runs the 8 points
+        f"{CONFIG}:120:{work / 'missing' / 'dry.db.gz'}",  # skipped
+        f"{CONFIG}:120:{work / 'dryrun' / 'dry.db.gz'}",  # the first one's store: all done
+    ]
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "OUT": str(out),
+        "MUP2_WINDOW_WORK": str(work),
+    }
+    proc = subprocess.run(
+        ["bash", str(KIT / "window.sh"), "study", *specs, "--", "--root", str(root),
+         "--install", "never", "--wheels", str(root / "no-wheels")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert f"error: no store at {work / 'missing' / 'dry.db.gz'}: {specs[1]} skipped" in text
+    assert not (work / "missing").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["dry.db.gz", "logs.tgz"]
+    assert "0/8 complete, 8 waiting" in text and "8/8 complete, 0 waiting" in text
+    study, points, state = _state(out / "dry.db.gz", tmp_path)
+    assert state.finished and state.total == 8
+    assert len(study.get_trials()) == len(points)  # the last config ran nothing again
