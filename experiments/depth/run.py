@@ -84,7 +84,7 @@ def main() -> None:
         default=1,
         help="grid points trained at once as one stacked model (mup2.batched; default 1)",
     )
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # config names after the options too: run --batch 16 d2
     if args.blocks is not None and args.blocks < 1:
         ap.error("--blocks must be >= 1")
     if args.phase == "snapshot":
