@@ -56,6 +56,11 @@ def test_depth_study_configs() -> None:
         assert sorted(depths) == [2, 4, 8, 16, 32]
     d2 = cfgs["d2"].train.model  # type: ignore[union-attr]
     assert (d2.depth, d2.base_depth) == (2, 2)  # every depth factor 1: both variants' depth 2
+    args = run.parse_args(["run", "--batch", "16", "aware-d4", "aware-d16", "--blocks", "3"])
+    assert (args.configs, args.batch, args.blocks) == (["aware-d4", "aware-d16"], 16, 3)
+    assert run.parse_args(["run"]).configs == list(run.ORDER)
+    with pytest.raises(SystemExit):
+        run.parse_args(["run", "d3"])  # no such config
 
 
 def test_depth_gradient_profile() -> None:

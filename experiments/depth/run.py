@@ -72,8 +72,8 @@ def snapshot() -> None:
     print(f"{db}: WAL checkpointed; commit it now")
 
 
-def main() -> None:
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a log file
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; config names may come before or after the options."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("phase", choices=("run", "snapshot"))
     ap.add_argument("configs", nargs="*", default=list(ORDER), help="config names, e.g. d2")
@@ -84,9 +84,18 @@ def main() -> None:
         default=1,
         help="grid points trained at once as one stacked model (mup2.batched; default 1)",
     )
-    args = ap.parse_intermixed_args()  # config names after the options too: run --batch 16 d2
+    args = ap.parse_intermixed_args(argv)  # config names after the options: run --batch 16 d2
     if args.blocks is not None and args.blocks < 1:
         ap.error("--blocks must be >= 1")
+    unknown = sorted(set(args.configs) - set(ORDER))
+    if unknown:
+        ap.error(f"unknown config {', '.join(unknown)}; the configs are {', '.join(ORDER)}")
+    return args
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a log file
+    args = parse_args()
     if args.phase == "snapshot":
         snapshot()
         return
