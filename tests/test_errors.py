@@ -5,6 +5,7 @@ table of docs/errors.md from these cases."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import py_compile
@@ -595,10 +596,15 @@ CASES = [
 ]
 
 
-def _files(d: Path) -> dict[str, tuple[int, int]]:
-    """What is under ``d`` (SQLite's own -wal/-shm files aside, made by any reader)."""
+def _files(d: Path) -> dict[str, tuple[int, str]]:
+    """What is under ``d``: size and content hash (SQLite's own -wal/-shm files aside, made by
+    any reader; a reader's checkpoint may touch the store's mtime without changing a byte)."""
     return {
-        str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime_ns)
+        str(p.relative_to(d)): (
+            (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+            if p.is_file()
+            else (0, "a folder")
+        )
         for p in d.rglob("*")
         if not p.name.endswith(("-wal", "-shm"))
     }
