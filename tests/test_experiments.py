@@ -4,7 +4,9 @@ prepared for a GPU machine is known good before it gets one."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -13,6 +15,16 @@ from mup2.sweep.grid import expand, trial_config
 from mup2.sweep.user import load_objective
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.toml"))
+DEPTH = Path(__file__).resolve().parents[1] / "experiments" / "depth"
+
+
+def _depth_script(stem: str) -> ModuleType:
+    """``experiments/depth/<stem>.py``, imported (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"depth_{stem}", DEPTH / f"{stem}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -33,14 +45,8 @@ def test_config_and_every_trial_validate(path: Path) -> None:
 def test_depth_study_configs() -> None:
     """The depth study (experiments/depth/): one config per variant and depth, all in one store,
     every one trained by run.py; the two μP² variants differ only in the base depth."""
-    import importlib.util
-
-    folder = Path(__file__).resolve().parents[1] / "experiments" / "depth"
-    spec = importlib.util.spec_from_file_location("depth_run", folder / "run.py")
-    assert spec is not None and spec.loader is not None
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
-    paths = sorted(folder.glob("*.toml"))
+    run = _depth_script("run")
+    paths = sorted(DEPTH.glob("*.toml"))
     assert sorted(run.ORDER) == sorted(p.stem for p in paths)
     cfgs = {p.stem: load_sweep_config(p) for p in paths}
     assert len({c.storage for c in cfgs.values()}) == 1
@@ -69,15 +75,9 @@ def test_depth_gradient_profile() -> None:
     without the branch multipliers, the next one not; at the base depth (every factor 1) the
     two settings are the same after a step. The ViT's readout starts at zero, so no gradient
     reaches the blocks before the first step."""
-    import importlib.util
-
     import torch
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "depth" / "gradient_profile.py"
-    spec = importlib.util.spec_from_file_location("depth_gradient_profile", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _depth_script("gradient_profile")
     with torch.device("meta"):
         base = mod.depth_factory("vit", 64)(2)
     for steps in (0, 1):

@@ -27,16 +27,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import cross_entropy
+from torch.nn.utils import get_total_norm
 
 from mup2.coordcheck.depth import depth_batch, depth_factory
 from mup2.optim.sam import SAM
 from mup2.parametrization import Parametrization
 
 SETTINGS = {"width-only μP²": None, "depth-aware μP² (α=1)": 1.0}
-
-
-def _norm(tensors: list[Tensor]) -> float:
-    return float(torch.stack([t.pow(2).sum() for t in tensors]).sum().sqrt())
 
 
 def profile(
@@ -52,12 +49,15 @@ def profile(
     x, y = depth_batch("vit")
     x = x.double()
     blocks = list(model.blocks)  # type: ignore[arg-type]
-    for _ in range(steps):
+
+    def closure() -> Tensor:
         opt.zero_grad()
-        cross_entropy(model(x), y).backward()
-        opt.first_step(zero_grad=True)
-        cross_entropy(model(x), y).backward()
-        opt.second_step(zero_grad=True)
+        loss = cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
     streams: list[Tensor] = []
     hooks = [
         b.register_forward_pre_hook(
@@ -65,19 +65,21 @@ def profile(
         )
         for b in blocks
     ]
-    opt.zero_grad()
-    cross_entropy(model(x), y).backward()
+    closure()
     for h in hooks:
         h.remove()
-    grads = [_norm([q.grad for q in b.parameters() if q.grad is not None]) for b in blocks]
+    grads = [
+        float(get_total_norm([q.grad for q in b.parameters() if q.grad is not None]))
+        for b in blocks
+    ]
     return torch.stack(streams), torch.tensor(grads, dtype=torch.float64)
 
 
 def _cells(v: Tensor, fmt: str) -> str:
     """The first three entries, the median of the rest but the last, and the last."""
-    head = " ".join(format(float(a), fmt) for a in v[:3])
     if len(v) <= 4:
         return " ".join(format(float(a), fmt) for a in v)
+    head = " ".join(format(float(a), fmt) for a in v[:3])
     return f"{head} · {format(float(v[3:-1].median()), fmt)} · {format(float(v[-1]), fmt)}"
 
 

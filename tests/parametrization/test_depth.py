@@ -393,11 +393,10 @@ def test_coord_check_depth_flat_under_depth_aware_mup2() -> None:
     """ResMLP width 16, depths 2-8 (base 2), SGD: under depth-aware μP² every block's update and
     effective perturbation, relative to its activation, stays within ±0.25 of flat; CompleteP's
     branches with the width-only perturbation make the blocks' perturbation vanish like 1/D."""
-    from mup2.coordcheck.depth import coord_check_depth, depth_factory
+    from mup2.coordcheck.depth import coord_check_depth, depth_batch, depth_factory
 
     factory = depth_factory("resmlp", 16, in_features=8)
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(16, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    x, y = depth_batch("resmlp", 16, 8)
     aware = coord_check_depth(factory, [2, 4, 8], x, y, seeds=[0], steps=1, lr=0.1, rho=0.1)
     names = [lay.name for lay in aware.layers]
     assert "blocks.#.fc1" in names and "blocks.last.fc2" in names and "blocks.3.fc1" not in names
@@ -423,11 +422,10 @@ def test_block_means_and_the_depth_plot(tmp_path: Path) -> None:
     and last blocks go); ``plot_coord_checks(axis="depth")`` draws one titled column per result
     and refuses a titles list of the wrong length or an unknown axis."""
     from mup2.coordcheck import plot_coord_checks
-    from mup2.coordcheck.depth import block_means, coord_check_depth, depth_factory
+    from mup2.coordcheck.depth import block_means, coord_check_depth, depth_batch, depth_factory
 
     factory = depth_factory("resmlp", 8, in_features=8)
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    x, y = depth_batch("resmlp", 8, 8)
     res = coord_check_depth(factory, [2, 4, 8], x, y, seeds=[0], steps=1, lr=0.1, rho=0.1)
     means = block_means(res)
     names = {lay.name for lay in means.layers}
@@ -447,11 +445,15 @@ def test_depth_records_label_each_setting() -> None:
     """:func:`depth_records`: the slope records of each labelled result with its ``setting``,
     every step or one step (``-1``: the last, recorded with its own index)."""
     from mup2.coordcheck import records
-    from mup2.coordcheck.depth import coord_check_depth, depth_factory, depth_records
+    from mup2.coordcheck.depth import (
+        coord_check_depth,
+        depth_batch,
+        depth_factory,
+        depth_records,
+    )
 
     factory = depth_factory("resmlp", 8, in_features=8)
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    x, y = depth_batch("resmlp", 8, 8)
     res = coord_check_depth(factory, [2, 4, 8], x, y, seeds=[0], steps=2, lr=0.1, rho=0.1)
     every = depth_records([("a", res), ("b", res)])
     assert len(every) == 2 * len(records([res])) == 4 * len(records([res], -1))
