@@ -161,7 +161,16 @@ def test_coordcheck_depths(tmp_path: Path) -> None:
     assert {r["widths"][-1] for r in records} == {8}  # the depths
     bad = _invoke("coordcheck", "--depths", "2,4,8")
     assert bad.exit_code == 2
-    assert "--depths sweeps --model resmlp or vit; the width check runs mlp" in bad.output
+    assert "--depths sweeps --model resmlp, vit, vit-mean; the width check runs mlp" in bad.output
+    two = _invoke("coordcheck", "--model", "vit-mean", "--depths", "2,4")
+    assert two.exit_code == 2
+    assert "--depths needs at least 3 depths to fit a slope, got [2, 4]" in two.output
+    vit = _invoke(
+        "coordcheck", "--model", "vit-mean", "--depths", "2,4,8", "--width", "16", "--seeds", "1"
+    )
+    assert vit.exit_code == 0, vit.output
+    assert vit.output.startswith("vit-mean at width 16, depths [2, 4, 8] (base 2), rule sam")
+    assert "blocks.first.attn.q" in vit.output and "patch_embed" in vit.output
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,20 @@ def test_vit_zero_init_follows_the_scheme() -> None:
     assert forced.model.kwargs("sp")["zero_init"] is True
 
 
+def test_vit_pool() -> None:
+    """``model.pool`` reaches the ViT; anything but cls or mean is refused, naming the key."""
+    from mup2.models import build_model
+
+    cfg = parse_config(_with({"model": {"name": "vit", "width": 32, "d_head": 16, "pool": "mean"}}))
+    model = build_model(
+        "vit", 32, input_shape=(1, 8, 8), num_classes=10, **cfg.model.kwargs(cfg.scheme)
+    )
+    names = {n for n, _ in model.named_parameters()}
+    assert "cls_token" not in names and "pos_embed" in names
+    with pytest.raises(ConfigError, match=r"model.pool: Input should be 'cls' or 'mean' \(got"):
+        parse_config(_with({"model": {"name": "vit", "width": 32, "pool": "max"}}))
+
+
 @pytest.mark.parametrize(
     ("change", "key"),
     [

@@ -70,24 +70,40 @@ def test_depth_study_configs() -> None:
 
 
 def test_depth_gradient_profile() -> None:
-    """experiments/depth/gradient_profile.py: one stream RMS and one gradient norm per block;
-    at initialization the stream entering the first block (the embedding) is the same with and
-    without the branch multipliers, the next one not; at the base depth (every factor 1) the
-    two settings are the same after a step. The ViT's readout starts at zero, so no gradient
-    reaches the blocks before the first step."""
+    """experiments/depth/gradient_profile.py: one stream RMS, cls-row RMS and gradient norm per
+    block; at initialization the stream entering the first block (the embedding) is the same
+    with and without the branch multipliers, the next one not; at the base depth (every factor
+    1) the two settings are the same after a step. The ViT's readout starts at zero, so no
+    gradient reaches the blocks before the first step."""
     import torch
 
     mod = _depth_script("gradient_profile")
-    with torch.device("meta"):
-        base = mod.depth_factory("vit", 64)(2)
     for steps in (0, 1):
-        wide = {a: mod.profile(4, a, 0, steps, base) for a in (None, 1.0)}
-        for stream, grads in wide.values():
-            assert stream.shape == grads.shape == (4,)
-            assert bool(torch.isfinite(stream).all())
+        wide = {a: mod.profile("vit", 4, a, 0, steps, 2) for a in (None, 1.0)}
+        for stream, cls, grads in wide.values():
+            assert stream.shape == cls.shape == grads.shape == (4,)
+            assert bool(torch.isfinite(stream).all()) and bool((cls < stream).all())
             assert bool((grads > 0).all()) == (steps > 0)  # the readout starts at zero
-    wide = {a: mod.profile(4, a, 0, 0, base) for a in (None, 1.0)}
+    wide = {a: mod.profile("vit", 4, a, 0, 0, 2) for a in (None, 1.0)}
     assert float(wide[None][0][0]) == float(wide[1.0][0][0])
     assert float(wide[None][0][1]) != float(wide[1.0][0][1])  # block 0's branch: x 1/2 or not
-    at_base = [mod.profile(2, a, 0, 1, base) for a in (None, 1.0)]
+    at_base = [mod.profile("vit", 2, a, 0, 1, 2) for a in (None, 1.0)]
     torch.testing.assert_close(at_base[0], at_base[1], rtol=0, atol=0)
+    assert bool(mod.profile("vit-mean", 2, 1.0, 0, 0, 2)[1].isnan().all())  # no cls row
+
+
+def test_depth_gradient_profile_cls_row() -> None:
+    """The finding of docs/math.md §9: under depth-aware μP² the cls token's row stays at its
+    init size through the bottom blocks, and the first block's gradient shrinks slower than
+    CompleteP's ``D^-1`` (``D·|g_1|`` grows from 2 to 8 blocks); read by the mean of the patch
+    tokens, ``D·|g_1|`` stays level."""
+
+    mod = _depth_script("gradient_profile")
+    first = {}
+    for name in ("vit", "vit-mean"):
+        g2, g8 = (float(mod.profile(name, d, 1.0, 0, 10, 2)[2][0]) * d / 2 for d in (2, 8))
+        first[name] = g8 / g2
+    _, cls, _ = mod.profile("vit", 8, 1.0, 0, 10, 2)
+    assert float(cls[0]) < 0.05 and float(cls[1]) < 0.1  # TOKEN_STD 0.02, then + O(1/D)
+    assert first["vit"] > 1.5, first
+    assert 0.8 < first["vit-mean"] < 1.25, first

@@ -6,7 +6,7 @@ the perturbation's D^(2α-1)). Writes ``docs/results/depth/coordcheck-<model>.md
 ``.png`` (the blocks' means and the layers outside the blocks against depth, one column a
 setting)::
 
-    python experiments/depth/coordcheck.py [--model resmlp|vit] [--depths 2,4,8,16,32]
+    python experiments/depth/coordcheck.py [--model resmlp|vit|vit-mean] [--depths 2,4,8,16,32]
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from mup2.coordcheck.depth import (
+    DEPTH_MODELS,
     coord_check_depth,
+    depth_batch,
     depth_factory,
     depth_records,
     format_depth_summary,
@@ -42,7 +44,7 @@ def _without_depth_factor(base: type[torch.optim.Optimizer], **kw: Any) -> Any:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="resmlp", choices=["resmlp", "vit"])
+    ap.add_argument("--model", default="resmlp", choices=list(DEPTH_MODELS))
     ap.add_argument("--depths", default="2,4,8,16,32")
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--seeds", type=int, default=2)
@@ -54,10 +56,7 @@ def main() -> None:
     width = args.width or (128 if args.model == "resmlp" else 64)
     extra = {"in_features": 32} if args.model == "resmlp" else {}
     factory = depth_factory(args.model, width, **extra)
-    gen = torch.Generator().manual_seed(0)
-    shape = (32, 32) if args.model == "resmlp" else (32, 3, 8, 8)
-    x = torch.randn(*shape, generator=gen)
-    y = torch.randint(0, 10, (32,), generator=gen)
+    x, y = depth_batch(args.model)
     t0 = time.time()
     results: list[tuple[str, CoordCheck]] = []
     for opt, lr, scheme in (

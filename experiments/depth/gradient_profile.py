@@ -4,10 +4,12 @@ of each block along the stack, and the residual stream it reads, as the model de
 The depth check's setting (``mup2 coordcheck --model vit --depths 2,4,8,16 --optimizer adamw``):
 the ViT at width 64 against a base of 2 blocks, its fixed batch of 32, SAM (``rho`` 0.1, μP²
 with the perturbation's depth factor) around AdamW (lr 1e-3, ``mup-adam``), float64. After
-``--steps`` steps, at the unperturbed weights, for each depth (``L`` blocks, ``D = L/L0`` with
-``L0`` the smallest depth, the base), the mean over seeds of:
+``--steps`` steps, at the unperturbed weights, for each readout (``vit``: the cls token,
+``vit-mean``: the mean of the patch tokens) and depth (``L`` blocks, ``D = L/L0`` with ``L0``
+the smallest depth, the base), the mean over seeds of:
 
 - ``stream``: the RMS of the residual stream entering block ``l`` (the input of its ``ln1``);
+- ``cls row``: the RMS of the cls token's row of that stream (``vit`` only);
 - ``D·|g_l|``: the gradient norm of block ``l``'s parameters times ``D``. CompleteP's branch
   multiplier ``D^-1`` predicts ``|g_l| ∝ D^-1``, so this column should not change with depth;
   the depth factor ``D`` of the perturbation is derived from it. (Under width-only μP², which has
@@ -21,11 +23,12 @@ Writes ``docs/results/depth/gradient-profile-vit.md``::
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.functional import cross_entropy
 from torch.nn.utils import get_total_norm
 
@@ -34,19 +37,24 @@ from mup2.optim.sam import SAM
 from mup2.parametrization import Parametrization
 
 SETTINGS = {"width-only μP²": None, "depth-aware μP² (α=1)": 1.0}
+MODELS = ("vit", "vit-mean")
 
 
 def profile(
-    depth: int, alpha: float | None, seed: int, steps: int, base: nn.Module
-) -> tuple[Tensor, Tensor]:
-    """``(stream RMS (L,), |g_l| (L,))`` of the ViT of ``depth`` blocks after ``steps`` SAM
-    steps (see the module docstring)."""
+    model_name: str, depth: int, alpha: float | None, seed: int, steps: int, base_depth: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(stream RMS (L,), cls row RMS (L,), |g_l| (L,))`` of the ViT ``model_name`` (a key of
+    :data:`~mup2.coordcheck.depth.DEPTH_MODELS`) of ``depth`` blocks, against its base of
+    ``base_depth`` blocks, after ``steps`` SAM steps (see the module docstring); the cls row's
+    entries are NaN without a cls token."""
+    with torch.device("meta"):
+        base = depth_factory(model_name, 64)(base_depth)
     torch.manual_seed(seed)
-    model = depth_factory("vit", 64)(depth).double()
+    model = depth_factory(model_name, 64)(depth).double()
     p = Parametrization.infer(model, base, "mup-adam", alpha=alpha)
     p.init_(model, seed=seed)
     opt = SAM(p.param_groups(model, lr=1e-3), torch.optim.AdamW, rho=0.1, scaling="mup2")
-    x, y = depth_batch("vit")
+    x, y = depth_batch(model_name)
     x = x.double()
     blocks = list(model.blocks)  # type: ignore[arg-type]
 
@@ -60,10 +68,7 @@ def profile(
         opt.step(closure)
     streams: list[Tensor] = []
     hooks = [
-        b.register_forward_pre_hook(
-            lambda _m, a: streams.append(a[0].detach().pow(2).mean().sqrt())
-        )
-        for b in blocks
+        b.register_forward_pre_hook(lambda _m, a: streams.append(a[0].detach())) for b in blocks
     ]
     closure()
     for h in hooks:
@@ -72,11 +77,22 @@ def profile(
         float(get_total_norm([q.grad for q in b.parameters() if q.grad is not None]))
         for b in blocks
     ]
-    return torch.stack(streams), torch.tensor(grads, dtype=torch.float64)
+
+    def rms(t: Tensor) -> Tensor:
+        return t.pow(2).mean().sqrt()
+
+    cls = [rms(h[:, 0]) if model.pool == "cls" else torch.tensor(math.nan) for h in streams]
+    return (
+        torch.stack([rms(h) for h in streams]),
+        torch.stack(cls).double(),
+        torch.tensor(grads, dtype=torch.float64),
+    )
 
 
 def _cells(v: Tensor, fmt: str) -> str:
     """The first three entries, the median of the rest but the last, and the last."""
+    if bool(v.isnan().all()):
+        return "–"
     if len(v) <= 4:
         return " ".join(format(float(a), fmt) for a in v)
     head = " ".join(format(float(a), fmt) for a in v[:3])
@@ -92,17 +108,22 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     depths = [int(d) for d in args.depths.split(",")]
-    with torch.device("meta"):
-        base = depth_factory("vit", 64)(depths[0])
     t0 = time.time()
     rows = []
-    for label, alpha in SETTINGS.items():
-        for d in depths:
-            runs = [profile(d, alpha, s, args.steps, base) for s in range(args.seeds)]
-            stream = torch.stack([r[0] for r in runs]).mean(0)
-            grad = torch.stack([r[1] for r in runs]).mean(0) * (d / depths[0])
-            rows.append(f"| {label} | {d} | {_cells(stream, '.2f')} | {_cells(grad, '.3f')} |")
-            print(rows[-1], f"({time.time() - t0:.0f} s)", flush=True)
+    for name in MODELS:
+        for label, alpha in SETTINGS.items():
+            for d in depths:
+                runs = [
+                    profile(name, d, alpha, s, args.steps, depths[0]) for s in range(args.seeds)
+                ]
+                stream, cls, grad = (torch.stack(r).mean(0) for r in zip(*runs, strict=True))
+                cells = (
+                    _cells(stream, ".2f"),
+                    _cells(cls, ".3f"),
+                    _cells(grad * d / depths[0], ".3f"),
+                )
+                rows.append(f"| {name} | {label} | {d} | {' | '.join(cells)} |")
+                print(rows[-1], f"({time.time() - t0:.0f} s)", flush=True)
     head = (
         "# The ViT's gradient along the stack\n\n"
         f"Made by `python experiments/depth/gradient_profile.py --depths {args.depths} --seeds "
@@ -111,10 +132,12 @@ def main() -> None:
         "depth check's batch of 32, SAM (ρ = 0.1, μP²) around AdamW (lr 1e-3, `mup-adam`), "
         f"float64, after {args.steps} steps, the mean over seeds 0..{args.seeds - 1}. Per "
         "block, bottom to top (blocks 1-3 · the median of the blocks between · the last block): "
-        "the RMS of the residual stream entering it, and `D·|g_l|`, its parameters' gradient "
-        "norm times `D`, which CompleteP's branch multiplier `D^-1` predicts to stay level as "
-        "the model deepens.\n\n"
-        "| setting | depth | stream RMS | D·\\|g_l\\| |\n|---|---|---|---|\n"
+        "the RMS of the residual stream entering it, the RMS of the cls token's row of it "
+        "(`vit`, read by the cls token; `vit-mean`, read by the mean of the patch tokens, has "
+        "none), and `D·|g_l|`, its parameters' gradient norm times `D`, which CompleteP's "
+        "branch multiplier `D^-1` predicts to stay level as the model deepens.\n\n"
+        "| model | setting | depth | stream RMS | cls row RMS | D·\\|g_l\\| |\n"
+        "|---|---|---|---|---|---|\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gradient-profile-vit.md").write_text(head + "\n".join(rows) + "\n")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 from typer.core import TyperGroup
 
+from mup2.coordcheck.depth import DEPTH_MODELS
 from mup2.errors import USER_ERROR, UserError, describe_os_error
 from mup2.optim.families import adam_like
 from mup2.optim.rules import LIGHTSAM_RULES, ONEPASS_RULES, RULES, SCALINGS, get_rule
@@ -184,8 +185,9 @@ def coordcheck(
     model: Annotated[
         str,
         typer.Option(
-            parser=_choice("mlp", "resmlp", "vit"),
-            help="model family: mlp across widths; resmlp or vit across --depths",
+            parser=_choice("mlp", *DEPTH_MODELS),
+            help="model family: mlp across widths; resmlp, vit or vit-mean (the ViT read by the"
+            " mean of its patch tokens) across --depths",
         ),
     ] = "mlp",
     widths: Annotated[
@@ -295,7 +297,9 @@ def coordcheck(
             _writable(path, option, directory=False)
     if depths is not None or model != "mlp":
         if depths is None or model == "mlp":
-            raise UserError("--depths sweeps --model resmlp or vit; the width check runs mlp")
+            raise UserError(
+                f"--depths sweeps --model {', '.join(DEPTH_MODELS)}; the width check runs mlp"
+            )
         if rule is not None and len(rule) > 1:
             raise UserError("--depths runs one --rule")
         one = (rule or ["sam"])[0]
@@ -435,6 +439,8 @@ def _coordcheck_depths(
         ds = [int(d) for d in depths.split(",") if d.strip()]
     except ValueError:
         raise UserError(f"--depths must be comma-separated integers, got {depths!r}") from None
+    if len(ds) < 3:
+        raise UserError(f"--depths needs at least 3 depths to fit a slope, got {ds}; e.g. 2,4,8,16")
     w = width or (128 if model == "resmlp" else 64)
     base = kwargs.get("base_optimizer", torch.optim.SGD).__name__
     scheme = "mup-sgd" if kwargs["scheme"] == "mup" else kwargs["scheme"]

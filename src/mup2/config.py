@@ -127,7 +127,9 @@ class ViTConfig(_ModelBase):
     """:class:`mup2.models.ViT`: ``width`` is the embedding dimension (a multiple of ``d_head``).
 
     ``zero_init`` (query and readout start at zero) defaults to ``True`` under μP schemes and
-    ``False`` under SP, so that ``scheme = "sp"`` trains the standard ViT.
+    ``False`` under SP, so that ``scheme = "sp"`` trains the standard ViT. ``pool``: the head
+    reads the cls token or the mean of the patch tokens (the one to use across depth,
+    ``docs/math.md`` §9).
     """
 
     name: Literal["vit"]
@@ -137,6 +139,7 @@ class ViTConfig(_ModelBase):
     mlp_ratio: PositiveInt = 4
     attn_mult: PositiveFloat | None = None
     zero_init: bool | None = None
+    pool: Literal["cls", "mean"] = "cls"
     base_depth: PositiveInt | None = None  # as ResMLPConfig's
     alpha: float = Field(default=1.0, gt=0.0, le=1.0)
 

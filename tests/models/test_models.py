@@ -83,6 +83,28 @@ def test_vit_ships_zero_init_and_token_overrides() -> None:
     assert ViT(32, zero_init=False, **VIT).mup2_overrides.keys() == {"cls_token", "pos_embed"}
 
 
+def test_vit_mean_pool_has_no_cls_token() -> None:
+    """``pool="mean"``: no cls token, one position per patch, the head reads the patch tokens'
+    mean (so permuting the patches' embeddings together with their positions changes nothing)."""
+    model = ViT(32, pool="mean", **VIT)
+    names = dict(model.named_parameters())
+    assert "cls_token" not in names and names["pos_embed"].shape == (1, 4, 32)
+    assert model.mup2_overrides.keys() == {"pos_embed", *ZERO_INIT_PATTERNS}
+    p = mup2.Parametrization.infer(model, _meta(ViT, 16, pool="mean", **VIT), "mup-adam")
+    assert p.tensors["pos_embed"].init == mup2.InitRule("normal", 0.02)
+    p.init_(model, seed=0)
+    torch.nn.init.normal_(model.head.weight)  # the zero readout would hide the pooling
+    x = torch.randn(3, 3, 8, 8)
+    out = model(x)
+    assert out.shape == (3, 10)
+    with torch.no_grad():
+        model.pos_embed.copy_(model.pos_embed.flip(1))
+    swapped = x.view(3, 3, 2, 4, 2, 4).flip(2, 4).reshape(3, 3, 8, 8)  # patches in reverse order
+    torch.testing.assert_close(model(swapped), out)
+    with pytest.raises(ValueError, match="pool must be 'cls' or 'mean'"):
+        ViT(32, pool="max", **VIT)
+
+
 @pytest.mark.parametrize(
     ("model", "x", "out"),
     [

@@ -44,10 +44,13 @@ __all__ = [
     "plot_depth_checks",
 ]
 
-#: Models the command's ``--depths`` check builds: name -> (class, fixed keywords).
+_VIT = {"d_head": 16, "patch_size": 4, "image_size": 8, "in_channels": 3}
+#: Models the command's ``--depths`` check builds: name -> (class, fixed keywords). ``vit-mean``
+#: reads the mean of the patch tokens instead of the cls token (:class:`~mup2.models.vit.ViT`).
 DEPTH_MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "resmlp": (ResMLP, {}),
-    "vit": (ViT, {"d_head": 16, "patch_size": 4, "image_size": 8, "in_channels": 3}),
+    "vit": (ViT, _VIT),
+    "vit-mean": (ViT, {**_VIT, "pool": "mean"}),
 }
 
 
@@ -163,10 +166,10 @@ def coord_check_depth(
 
 
 def depth_batch(model: str, batch_size: int = 32, in_features: int = 32) -> tuple[Tensor, Tensor]:
-    """The fixed batch of the depth check (seed 0): ``model`` ``"vit"``: images ``(B, 3, 8, 8)``,
-    else inputs ``(B, in_features)``; labels ``(B,)`` in ``0..9``."""
+    """The fixed batch of the depth check (seed 0): for a ViT of :data:`DEPTH_MODELS` images
+    ``(B, 3, 8, 8)``, else inputs ``(B, in_features)``; labels ``(B,)`` in ``0..9``."""
     gen = torch.Generator().manual_seed(0)
-    if model == "vit":
+    if DEPTH_MODELS[model][0] is ViT:
         x = torch.randn(batch_size, 3, 8, 8, generator=gen)
     else:
         x = torch.randn(batch_size, in_features, generator=gen)
@@ -186,7 +189,7 @@ def depth_checks(
 ) -> list[tuple[str, CoordCheck]]:
     """The depth check of the command: one :func:`coord_check_depth` per setting
     ``(label, alpha, scaling)`` of ``model`` (:data:`DEPTH_MODELS`) at ``width``."""
-    extra = {"in_features": in_features} if model == "resmlp" else {}
+    extra = {"in_features": in_features} if DEPTH_MODELS[model][0] is ResMLP else {}
     factory = depth_factory(model, width, **extra)
     x, y = depth_batch(model, batch_size, in_features)
     return [

@@ -70,7 +70,14 @@ class ViT(nn.Module):
     """Vision Transformer: non-overlapping ``patch_size`` patches embedded by a strided conv,
     a learned ``cls_token`` and ``pos_embed`` (shapes ``(1, 1, width)`` and
     ``(1, 1 + patches, width)``), ``depth`` pre-LN :class:`Block` s, a final LayerNorm and a
-    Linear ``head`` on the cls token.
+    Linear ``head`` on the cls token. ``pool="mean"`` instead reads the mean over the patch
+    tokens (no ``cls_token``; ``pos_embed`` ``(1, patches, width)``; the LayerNorm after the
+    mean, as timm's ``global_pool="avg"``).
+
+    Why ``"mean"`` exists: under CompleteP's ``1/L`` branches the cls token's row of the
+    residual stream keeps its small init (RMS ``TOKEN_STD``) through the bottom blocks, and each
+    pre-LN divides the gradient on it by that RMS, so the bottom blocks' gradients shrink slower
+    than ``1/L`` (``docs/math.md`` §9). Mean pooling has no such row.
 
     Input ``(batch, in_channels, image_size, image_size)``, output ``(batch, num_classes)``
     logits. ``width`` must be a multiple of ``d_head``; there are ``width // d_head`` heads.
@@ -97,6 +104,7 @@ class ViT(nn.Module):
         mlp_ratio: int = 4,
         attn_mult: float | None = None,
         zero_init: bool = True,
+        pool: str = "cls",
     ) -> None:
         super().__init__()
         if d_head < 1 or width < d_head or width % d_head:
@@ -107,21 +115,24 @@ class ViT(nn.Module):
             raise ValueError(
                 f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})"
             )
-        self.width, self.depth, self.d_head = width, depth, d_head
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        self.width, self.depth, self.d_head, self.pool = width, depth, d_head, pool
         self.attn_mult = math.sqrt(d_head) if attn_mult is None else float(attn_mult)
         self.zero_init = zero_init
         patches = (image_size // patch_size) ** 2
         self.patch_embed = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + patches, width))
+        if pool == "cls":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, patches + (pool == "cls"), width))
         self.blocks = nn.Sequential(
             *(Block(width, d_head, self.attn_mult, mlp_ratio) for _ in range(depth))
         )
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, num_classes)
         with torch.no_grad():  # the documented init also without mup2 (a no-op on meta)
-            nn.init.normal_(self.cls_token, std=TOKEN_STD)
-            nn.init.normal_(self.pos_embed, std=TOKEN_STD)
+            for name in self._tokens():
+                nn.init.normal_(getattr(self, name), std=TOKEN_STD)
             if zero_init:
                 for name, p in self.named_parameters():
                     if name.startswith("head.") or ".attn.q." in name:
@@ -130,17 +141,22 @@ class ViT(nn.Module):
     @property
     def mup2_overrides(self) -> dict[str, dict[str, Any]]:
         """Overrides picked up by :meth:`mup2.Parametrization.infer` (fnmatch pattern -> fields)."""
-        out: dict[str, dict[str, Any]] = {
-            "cls_token": {"init_std": TOKEN_STD},
-            "pos_embed": {"init_std": TOKEN_STD},
-        }
+        out: dict[str, dict[str, Any]] = {t: {"init_std": TOKEN_STD} for t in self._tokens()}
         if self.zero_init:
             out.update({pat: {"init_mult": 0.0} for pat in ZERO_INIT_PATTERNS})
         return out
 
+    def _tokens(self) -> tuple[str, ...]:
+        """The learned token tensors: ``cls_token`` (with ``pool="cls"``) and ``pos_embed``."""
+        return ("cls_token", "pos_embed") if self.pool == "cls" else ("pos_embed",)
+
     def forward(self, x: Tensor) -> Tensor:
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (batch, patches, width)
+        if self.pool == "mean":
+            h = self.blocks(tokens + self.pos_embed)
+            logits: Tensor = self.head(self.norm(h.mean(1)))
+            return logits
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         h = self.blocks(torch.cat([cls, tokens], dim=1) + self.pos_embed)
-        logits: Tensor = self.head(self.norm(h[:, 0]))
+        logits = self.head(self.norm(h[:, 0]))
         return logits
