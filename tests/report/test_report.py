@@ -214,6 +214,26 @@ def test_partial_sweep(tmp_path: Path) -> None:
     assert all(p.stat().st_size > 10_000 for p in files.paths if p.suffix == ".png")
 
 
+def test_provisional_only_while_an_optimum_may_move(tmp_path: Path) -> None:
+    """A verdict is provisional while a cell that could be an optimum is unfinished: an
+    unfinished ρ = 0 cell cannot once every width's optimum is over ρ > 0; a ρ > 0 one can."""
+    url = f"sqlite:///{tmp_path}/prov.db"
+    for name, waiting in (("base", (64, LRS[0], 0.0)), ("sam", (128, LRS[0], RHOS[1]))):
+        study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+        for k, w in enumerate(WIDTHS[:2]):
+            for i, lr in enumerate(LRS):
+                for j, rho in enumerate(RHOS):
+                    if (w, lr, rho) == waiting:
+                        study.enqueue_trial({"parametrization": "mup2", "width": w, "lr": lr,
+                                             "rho": rho, "seed": 0})  # fmt: skip
+                    else:
+                        study.add_trial(trial("mup2", w, lr, rho, 0, surface("mup2", k, i, j)))
+        a = analyze(load_sweep(url, name))
+        t = a.transfers["mup2"]
+        assert a.grids["mup2"].missing() == 1 and t.verdict == "holds"
+        assert t.provisional == (name == "sam"), name
+
+
 def test_shared_base_runs(tmp_path: Path) -> None:
     """The sweep runs ρ = 0 once per scheme, under the scheme's first parametrization: the others
     of that scheme share them; a scheme without ρ = 0 runs gets no base."""

@@ -226,7 +226,8 @@ class Transfer:
     """The metric at the optimum, largest width minus smallest (``nan`` with one width)."""
     reason: str
     provisional: bool
-    """Some planned cells have not finished: the verdict may change."""
+    """Some planned cells that could be an optimum have not finished (any cell, or only those
+    with ρ > 0 once every width's optimum is over ρ > 0): the verdict may change."""
     transferred: float = math.nan
     """The metric at the largest width of the smallest width's optimum ``(η*, ρ*)``, the mean
     of its finished seeds: what tuning at the smallest width gives at the largest (``nan``
@@ -378,7 +379,10 @@ def _transfer(
     g: Grid, optima: list[Optimum], max_steps: int, tolerance: float, m: Metric, axis: str
 ) -> Transfer:
     ws = tuple(o.width for o in optima)
-    provisional = g.missing() > 0
+    # An unfinished cell makes the verdict provisional only if it could be an optimum: once
+    # every width's optimum is over ρ > 0, a missing ρ = 0 cell (the base optimizer) cannot.
+    sam = bool(optima) and all(o.rho > 0 for o in optima)
+    provisional = any(c.missing and (c.rho > 0 or not sam) for c in g.cells.values())
     if len(optima) < 2:
         why = f"one {axis}" if optima else "no finished runs"
         return Transfer(g.parametrization, "n/a", ws, 0, 0, math.nan, why, provisional)

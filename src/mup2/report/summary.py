@@ -284,7 +284,8 @@ def _criterion(a: Analysis) -> str:
         "(largest minus smallest grid index) and "
     )
     tail = (
-        f"*Provisional*: some planned cells have not finished yet. n/a: fewer than two {w}s, or "
+        "*Provisional*: some planned cells that could hold the optimum have not finished yet "
+        f"(unfinished ρ = 0 cells cannot, once SAM's optima are in). n/a: fewer than two {w}s, or "
         f"a {w} without a stable cell."
     )
     if m.percent:
