@@ -4,7 +4,8 @@ of each block along the stack, and the residual stream it reads, as the model de
 The depth check's setting (``mup2 coordcheck --model vit --depths 2,4,8,16 --optimizer adamw``):
 the ViT at width 64 against a base of 2 blocks, its fixed batch of 32, SAM (``rho`` 0.1, μP²
 with the perturbation's depth factor) around AdamW (lr 1e-3, ``mup-adam``), float64. After
-``--steps`` steps, at the unperturbed weights, for each readout (``vit``: the cls token,
+``--steps`` steps, at the unperturbed weights, for each readout of :data:`MODELS` (``vit``: the
+cls token, drawn at ``TOKEN_STD`` = 0.02; the same with the cls token drawn at std 0.5;
 ``vit-mean``: the mean of the patch tokens) and depth (``L`` blocks, ``D = L/L0`` with ``L0``
 the smallest depth, the base), the mean over seeds of:
 
@@ -37,22 +38,38 @@ from mup2.optim.sam import SAM
 from mup2.parametrization import Parametrization
 
 SETTINGS = {"width-only μP²": None, "depth-aware μP² (α=1)": 1.0}
-MODELS = ("vit", "vit-mean")
+#: The readouts compared: label -> (model of DEPTH_MODELS, the cls token's init std; None: the
+#: model's own, TOKEN_STD). The middle one changes only the cls token's scale.
+MODELS: dict[str, tuple[str, float | None]] = {
+    "vit": ("vit", None),
+    "vit, cls_token std 0.5": ("vit", 0.5),
+    "vit-mean": ("vit-mean", None),
+}
 
 
 def profile(
-    model_name: str, depth: int, alpha: float | None, seed: int, steps: int, base_depth: int
+    model_name: str,
+    depth: int,
+    alpha: float | None,
+    seed: int,
+    steps: int,
+    base_depth: int,
+    cls_std: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(stream RMS (L,), cls row RMS (L,), |g_l| (L,))`` of the ViT ``model_name`` (a key of
     :data:`~mup2.coordcheck.depth.DEPTH_MODELS`) of ``depth`` blocks, against its base of
     ``base_depth`` blocks, after ``steps`` SAM steps (see the module docstring); the cls row's
-    entries are NaN without a cls token."""
+    entries are NaN without a cls token. ``cls_std``: the cls token drawn again, after the μP
+    init, from ``N(0, cls_std²)`` (the same seed)."""
     with torch.device("meta"):
         base = depth_factory(model_name, 64)(base_depth)
     torch.manual_seed(seed)
     model = depth_factory(model_name, 64)(depth).double()
     p = Parametrization.infer(model, base, "mup-adam", alpha=alpha)
     p.init_(model, seed=seed)
+    if cls_std is not None:
+        with torch.no_grad():
+            model.cls_token.normal_(std=cls_std)  # type: ignore[operator]
     opt = SAM(p.param_groups(model, lr=1e-3), torch.optim.AdamW, rho=0.1, scaling="mup2")
     x, y = depth_batch(model_name)
     x = x.double()
@@ -110,11 +127,12 @@ def main() -> None:
     depths = [int(d) for d in args.depths.split(",")]
     t0 = time.time()
     rows = []
-    for name in MODELS:
+    for name, (model_name, cls_std) in MODELS.items():
         for label, alpha in SETTINGS.items():
             for d in depths:
                 runs = [
-                    profile(name, d, alpha, s, args.steps, depths[0]) for s in range(args.seeds)
+                    profile(model_name, d, alpha, s, args.steps, depths[0], cls_std)
+                    for s in range(args.seeds)
                 ]
                 stream, cls, grad = (torch.stack(r).mean(0) for r in zip(*runs, strict=True))
                 cells = (
@@ -133,8 +151,9 @@ def main() -> None:
         f"float64, after {args.steps} steps, the mean over seeds 0..{args.seeds - 1}. Per "
         "block, bottom to top (blocks 1-3 · the median of the blocks between · the last block): "
         "the RMS of the residual stream entering it, the RMS of the cls token's row of it "
-        "(`vit`, read by the cls token; `vit-mean`, read by the mean of the patch tokens, has "
-        "none), and `D·|g_l|`, its parameters' gradient norm times `D`, which CompleteP's "
+        "(`vit`, read by the cls token, drawn at std 0.02 or, in the second model, 0.5; "
+        "`vit-mean`, read by the mean of the patch tokens, has none), and `D·|g_l|`, its "
+        "parameters' gradient norm times `D`, which CompleteP's "
         "branch multiplier `D^-1` predicts to stay level as the model deepens.\n\n"
         "| model | setting | depth | stream RMS | cls row RMS | D·\\|g_l\\| |\n"
         "|---|---|---|---|---|---|\n"
