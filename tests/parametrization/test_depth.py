@@ -281,6 +281,29 @@ def test_hugging_face_blocks(
     assert torch.isfinite(out.logits).all()
 
 
+def test_gpt2_depth_scaled_init_is_drawn_at_the_base_depth() -> None:
+    """GPT-2 draws ``c_proj`` at ``0.02 / sqrt(2 n_layer)``. Depth-aware, the branch multiplier
+    carries the depth, so a meta base is drawn by its own init at its depth: ``c_proj`` at
+    ``0.02 / sqrt(4)`` whatever the model's depth (not ``/ sqrt(16)`` on top of the ``1/4``
+    multiplier); width only, the model keeps its own. The caller's RNG is left alone."""
+    base = _meta(lambda: _gpt2(32, 2))
+    names = ("transformer.h.7.attn.c_proj.weight", "transformer.h.7.mlp.c_proj.weight")
+    stds = {}
+    for alpha in (1.0, None):
+        model = _gpt2(32, 8)
+        state = torch.random.get_rng_state()
+        p = mup2.Parametrization.infer(model, base, "mup-adam", alpha=alpha)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        stds[alpha] = [p.tensors[n].init.value for n in names]
+        assert p.tensors["transformer.h.7.mlp.c_fc.weight"].init.value == pytest.approx(
+            0.02, rel=0.1
+        )
+    assert stds[1.0] == pytest.approx([0.02 / 2, 0.02 / 2], rel=0.1)
+    assert stds[None] == pytest.approx([0.02 / 4, 0.02 / 4], rel=0.1)
+    again = mup2.Parametrization.infer(_gpt2(32, 8), base, "mup-adam")
+    assert [again.tensors[n].init.value for n in names] == stds[1.0]  # drawn under one seed
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 

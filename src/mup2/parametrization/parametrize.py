@@ -9,6 +9,7 @@ logit scale (:meth:`Parametrization.attach` installs both).
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -176,6 +177,29 @@ def _all_params(model: nn.Module) -> dict[str, nn.Parameter]:
     }
 
 
+def _base_values(base: BaseSpec, dspec: DepthSpec | None) -> dict[str, nn.Parameter]:
+    """The base's tensors, whose values give each tensor's base init (:func:`_observed`).
+
+    A Hugging Face base (one with ``init_weights``) built on the meta device is drawn by its own
+    init when the parametrization scales with depth: that init may depend on the depth (GPT-2
+    draws its branch outputs ``c_proj`` with std ``initializer_range / sqrt(2 n_layer)``), and
+    the model's own values, drawn at the model's depth, would carry that dependence on top of
+    the branch multipliers. Drawn on the CPU under a fixed seed, leaving the caller's RNG as it
+    was; only the values' distribution is read."""
+    if not isinstance(base, nn.Module):
+        return {}
+    scaled = dspec is not None and any(s.branches and s.ratio != 1 for s in dspec.stacks)
+    init_weights = getattr(base, "init_weights", None)
+    on_meta = any(p.is_meta for p in base.parameters())
+    if scaled and on_meta and callable(init_weights):
+        real = copy.deepcopy(base).to_empty(device="cpu")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            real.init_weights()  # type: ignore[operator]
+        return _all_params(real)
+    return _all_params(base)
+
+
 def _observed(
     module: nn.Module,
     local: str,
@@ -282,7 +306,7 @@ class Parametrization:
             for o in os
         }
         values = _all_params(model)
-        base_values = _all_params(base) if isinstance(base, nn.Module) else {}
+        base_values = _base_values(base, dspec)
         shipped = getattr(unwrap(model), "mup2_overrides", None)
         pairs = Override.by_pattern(shipped) + Override.by_pattern(overrides)
         hits = match_patterns([pat for pat, _ in pairs], {n: t.aliases for n, t in shapes.items()})
