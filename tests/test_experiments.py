@@ -108,3 +108,25 @@ def test_depth_gradient_profile_cls_row() -> None:
     assert first["vit"] > 1.5, first
     assert first["vit-mean"] < first["vit, cls_token std 0.5"] < first["vit"] - 0.1, first
     assert 0.8 < first["vit-mean"] < 1.25, first  # 1.18, 1.60 and 1.82 at seed 0
+
+
+@pytest.mark.parametrize(("model", "stack"), [("gpt2", "transformer.h"), ("llama", "model.layers")])
+def test_depth_coordcheck_hugging_face(model: str, stack: str) -> None:
+    """experiments/depth/coordcheck.py's Hugging Face models: one block per depth, the loss the
+    next token's cross-entropy, and the depth check folds their blocks."""
+    import torch
+
+    pytest.importorskip("transformers")
+    mod = _depth_script("coordcheck")
+    make = mod._hf(model, 16)
+    assert [sum(1 for _ in make(d).get_submodule(stack)) for d in (2, 3)] == [2, 3]
+    tokens = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))
+    out = make(2)(tokens)
+    parts = [torch.nn.functional.cross_entropy(out.logits[b, t], tokens[b, t + 1])
+             for b in range(2) for t in range(4)]  # fmt: skip
+    torch.testing.assert_close(mod._next_token_loss(out, tokens), torch.stack(parts).mean())
+    res = mod.coord_check_depth(make, [2, 4, 8], tokens, tokens, loss_fn=mod._next_token_loss)
+    names = [lay.name for lay in res.layers]
+    for fold in ("#", "first", "last"):
+        assert any(n.startswith(f"{stack}.{fold}.") for n in names), (fold, names)
+    assert not any(n.startswith(f"{stack}.1.") for n in names)
