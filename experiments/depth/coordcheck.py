@@ -125,24 +125,28 @@ def main() -> None:
             results.append((label, res))
             print(f"{label}: {time.time() - t0:.0f}s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    # the options that differ from the defaults name the files and the command line
+    changed = [
+        (k, getattr(args, k)) for k in ("steps", "seeds") if getattr(args, k) != ap.get_default(k)
+    ]
+    stem = f"coordcheck-{args.model}" + "".join(f"-{k}{v}" for k, v in changed)
+    flags = "".join(f" --{k} {v}" for k, v in changed)
     head = (
         f"# Coordinate check across depth: {args.model} at width {width}\n\n"
         f"Made by `python experiments/depth/coordcheck.py --model {args.model} --depths "
-        f"{args.depths}` ({time.time() - t0:.0f} s on the CPU): depths {depths} against a base "
-        f"of {depths[0]} blocks, one fixed batch of {batch}, {args.steps} SAM steps (rule `sam`, "
-        f"ρ = {args.rho}), SGD lr 0.1 (`mup-sgd`) or AdamW lr 1e-3 (`mup-adam`), float64, seeds "
-        f"0..{args.seeds - 1}. Slope of log2 RMS against log2 depth at the last step; `rel.`: "
-        "minus the layer's own activation slope (a branch output carries the branch multiplier "
-        "D^-α, which this removes); `P.#`: the mean over the blocks, `first`/`last`: block 0 and "
-        "block L-1. Target (issue 23 §2): every block's update and effective perturbation flat "
-        "(|rel. slope| <= 0.25) under depth-aware μP².\n\n"
+        f"{args.depths}{flags}` ({time.time() - t0:.0f} s on the CPU): depths {depths} against "
+        f"a base of {depths[0]} blocks, one fixed batch of {batch}, {args.steps} SAM steps "
+        f"(rule `sam`, ρ = {args.rho}), SGD lr 0.1 (`mup-sgd`) or AdamW lr 1e-3 (`mup-adam`), "
+        f"float64, seeds 0..{args.seeds - 1}. Slope of log2 RMS against log2 depth at the last "
+        "step; `rel.`: minus the layer's own activation slope (a branch output carries the "
+        "branch multiplier D^-α, which this removes); `P.#`: the mean over the blocks, "
+        "`first`/`last`: block 0 and block L-1. Target (issue 23 §2): every block's update and "
+        "effective perturbation flat (|rel. slope| <= 0.25) under depth-aware μP².\n\n"
     )
-    (args.out / f"coordcheck-{args.model}.md").write_text(
-        head + format_depth_summary(results) + "\n"
-    )
+    (args.out / f"{stem}.md").write_text(head + format_depth_summary(results) + "\n")
     recs = depth_records(results)
-    (args.out / f"coordcheck-{args.model}.json").write_text(json.dumps(recs, indent=1) + "\n")
-    plot_depth_checks(results, args.out / f"coordcheck-{args.model}.png")
+    (args.out / f"{stem}.json").write_text(json.dumps(recs, indent=1) + "\n")
+    plot_depth_checks(results, args.out / f"{stem}.png")
     print(format_depth_summary(results, markdown=False))
 
 
